@@ -1,0 +1,30 @@
+# Two commands do everything: `make demo` and `make test`. Each sets up .venv idempotently:
+# torch (CPU build) first, then the project pinned by constraints.txt.
+PY     := .venv/bin/python
+PIP    := .venv/bin/pip
+STAMP  := .venv/.deeprec-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m experiments.pipeline
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+
+clean:
+	rm -rf artifacts outputs multirun
