@@ -1,0 +1,1 @@
+"""Datasets: readers for public formats, the synthetic generator, `RecDataset` and the cached loader."""
