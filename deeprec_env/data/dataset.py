@@ -62,7 +62,9 @@ class RecDataset:
     sequences: list[np.ndarray]
     raw_user_ids: list[str]
     raw_item_ids: list[str]  # index = item id; raw_item_ids[0] == ""
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. the synthetic users' latent preferences
+    extras: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # e.g. the synthetic users' latent preferences
 
     @property
     def n_items(self) -> int:
@@ -185,7 +187,9 @@ def build_dataset(name: str, raw: RawInteractions, min_core: int) -> RecDataset:
     item_ids = sorted(set(items.tolist()), key=_natural_key)
     missing = [i for i in item_ids if i not in raw.item_meta]
     if missing:
-        raise ValueError(f"{name}: {len(missing)} items have no metadata (e.g. {missing[0]!r}); the item file is incomplete")
+        raise ValueError(
+            f"{name}: {len(missing)} items have no metadata (e.g. {missing[0]!r}); the item file is incomplete"
+        )
     item_index = {raw_id: idx for idx, raw_id in enumerate(item_ids, start=1)}
     user_ids = sorted(set(users.tolist()), key=_natural_key)
     user_index = {raw_id: idx for idx, raw_id in enumerate(user_ids)}

@@ -1,4 +1,4 @@
-"""Dataset configuration, data-root resolution, checksum verification and the cached `load_dataset` entry point."""
+"""Dataset configuration, data-root resolution, checksum checks and the cached `load_dataset` entry point."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from deeprec_env.cache import cached, config_hash, sha256_file
 from deeprec_env.data.dataset import RecDataset, build_dataset
 
 log = logging.getLogger(__name__)
+PROCESSING_VERSION = 1  # bump when a reader, the filtering or the synthetic generator changes its output
 PROCESSING_VERSION = 1  # bump when a reader, the filtering or the synthetic generator changes its output
 
 
@@ -48,8 +49,13 @@ class DatasetConfig:
 
     def cache_key(self) -> dict:
         """What determines the processed dataset (the data root does not: checksums pin the files)."""
-        key = {"name": self.name, "format": self.format, "min_core": self.min_core, "files": self.files,
-               "version": PROCESSING_VERSION}
+        key = {
+            "name": self.name,
+            "format": self.format,
+            "min_core": self.min_core,
+            "files": self.files,
+            "version": PROCESSING_VERSION,
+        }
         if self.format == "synthetic":
             key["synthetic"] = asdict(self.synthetic)
         return key
@@ -60,13 +66,19 @@ def data_roots(configured: str | None) -> list[Path]:
     if configured:
         return [Path(configured).expanduser()]
     roots = [Path(os.environ["DEEPREC_DATA"]).expanduser()] if os.environ.get("DEEPREC_DATA") else []
-    return roots + [Path("data"), Path(__file__).resolve().parents[2].parent / "shared" / "data", Path("../shared/data")]
+    return roots + [
+        Path("data"),
+        Path(__file__).resolve().parents[2].parent / "shared" / "data",
+        Path("../shared/data"),
+    ]
 
 
 def find_dataset_dir(cfg: DatasetConfig) -> Path:
     """The first data root holding the dataset's folder, or a one-line error naming the files and their source."""
     if not cfg.dir:
-        raise DatasetError(f"dataset {cfg.name!r} has no dataset.dir; set it to the folder under the data root")
+        raise DatasetError(
+            f"dataset {cfg.name!r} has no dataset.dir; set it to the folder under the data root"
+        )
     for root in data_roots(cfg.root):
         candidate = root / cfg.dir
         if candidate.is_dir():
@@ -103,7 +115,9 @@ def load_dataset(cfg: DatasetConfig, artifacts: str | os.PathLike = "artifacts")
     from deeprec_env.data.synthetic import generate_synthetic
 
     if cfg.format != "synthetic" and cfg.format not in READERS:
-        raise DatasetError(f"unknown dataset.format {cfg.format!r}; use one of {sorted(READERS) + ['synthetic']}")
+        raise DatasetError(
+            f"unknown dataset.format {cfg.format!r}; use one of {sorted(READERS) + ['synthetic']}"
+        )
 
     def build(tmp: Path) -> None:
         if cfg.format == "synthetic":

@@ -26,7 +26,7 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
-    temperature: float = 0.05
+    temperature: float = 0.1
     fuse_item_text: bool = False
     fuse_query: bool = False
 

@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation and early stopping."""
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 5  # epochs without validation NDCG@10 improvement before stopping
+    patience: int = 10  # epochs without validation NDCG@10 improvement before stopping
     valid_users: int | None = 3000  # fixed validation sample for early stopping (None = all)
     query_dropout: float = 0.3  # preference-aware training only
     seed: int = 0
@@ -66,7 +66,7 @@ def _window_queries(targets: torch.Tensor, query_bank: torch.Tensor, dropout: fl
     """Per-position query embeddings for the targets: a random phrasing, or the empty (zero) query."""
     variant = torch.randint(query_bank.shape[1], targets.shape, generator=gen)
     queries = query_bank[targets, variant]
-    keep = (torch.rand(targets.shape, generator=gen) >= dropout) & (targets > 0)
+    keep = torch.rand(targets.shape, generator=gen) >= dropout
     return queries * keep.unsqueeze(-1)
 
 
@@ -109,13 +109,12 @@ def train_model(
         for start in range(0, len(windows), config.train.batch_size):
             batch = windows[order[start : start + config.train.batch_size]]
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            states = model.sequence_states(inputs)
+            real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
+            states, targets = model.sequence_states(inputs)[real], targets[real]
             if config.model.fuse_query:
-                states = model.fuse(
-                    states, _window_queries(targets, query_bank, config.train.query_dropout, gen)
-                )
-            logits = model.logits(states)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+                queries = _window_queries(targets, query_bank, config.train.query_dropout, gen)
+                states = model.fuse(states, queries)
+            loss = F.cross_entropy(model.logits(states), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
