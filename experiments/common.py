@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -34,6 +35,27 @@ def prepared_dataset(cfg: DictConfig) -> tuple[RecDataset, Path]:
     """The processed dataset (cached) and the artifact directory derived from its config."""
     data_cfg = dataset_config(cfg)
     return load_dataset(data_cfg, cfg.artifacts), artifact_root(cfg.artifacts, data_cfg)
+
+
+@functools.cache
+def _encoder(path: str | None, batch_size: int, max_seq_length: int):
+    from deeprec_env.text import EncoderConfig, TextEncoder
+
+    return TextEncoder(EncoderConfig(path=path, batch_size=batch_size, max_seq_length=max_seq_length))
+
+
+def text_encoder(cfg: DictConfig):
+    """The sentence encoder of `cfg.text` (one instance per process)."""
+    return _encoder(cfg.text.path, cfg.text.batch_size, cfg.text.max_seq_length)
+
+
+def trained_model(cfg: DictConfig, name: str, dataset: RecDataset, root: Path):
+    """A trained model from the `trm` config group (`sasrec` or `trm`): from the cache, else trained now."""
+    from deeprec_env.trm.train import load_or_train
+
+    config = trm_config(cfg[name])
+    needs_text = config.model.fuse_item_text or config.model.fuse_query
+    return load_or_train(dataset, config, root, text_encoder(cfg) if needs_text else None)
 
 
 def run_dir() -> Path:

@@ -18,18 +18,39 @@ from agents.baselines import popularity_scorer
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
 from deeprec_env.metrics import coverage, intra_list_diversity, long_tail_share, paired_difference, summarize
-from deeprec_env.trm.train import load_or_train, scorer_for
-from experiments.common import CONFIG_PATH, log, markdown_table, run_dir, trm_config, write_json
+from deeprec_env.trm.retriever import InProcessRetriever
+from experiments.common import CONFIG_PATH, log, markdown_table, run_dir, text_encoder, trained_model, write_json
 from experiments.prepare import prepare
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
 
 
-def agent_scorers(cfg: DictConfig, dataset: RecDataset, root) -> dict[str, Callable]:
-    """Builders for the ID-level agents, instantiated only when asked for."""
+def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
+    """A query phrased from each user's true target (the oracle), or from another user's target (the control)."""
+    from deeprec_env.trm.queries import query_phrasings
+
+    sources = np.random.default_rng(cfg.seed).permutation(users) if mismatch else users
+    if mismatch:  # a derangement: nobody keeps their own target's query
+        sources = np.roll(sources, 1)
     return {
-        "pop": lambda: popularity_scorer(dataset),
-        "sasrec": lambda: scorer_for(load_or_train(dataset, trm_config(cfg.sasrec), root)[0]),
+        int(user): query_phrasings(dataset, dataset.history_and_target(int(source), cfg.split)[1], 1, cfg.seed)[0]
+        for user, source in zip(users, sources, strict=True)
+    }
+
+
+def agent_scorers(cfg: DictConfig, dataset: RecDataset, root, users: np.ndarray) -> dict[str, Callable]:
+    """Builders of (scorer, per-user query or None) for every ID-level agent, instantiated only when asked for."""
+
+    def trm(queries: dict[int, str] | None):
+        model, _ = trained_model(cfg, "trm", dataset, root)
+        return InProcessRetriever(model, text_encoder(cfg)).scores, (queries or {}).get
+
+    return {
+        "pop": lambda: (popularity_scorer(dataset), None),
+        "sasrec": lambda: (InProcessRetriever(trained_model(cfg, "sasrec", dataset, root)[0]).scores, None),
+        "trm": lambda: trm({int(u): "" for u in users}),
+        "trm-oracle": lambda: trm(oracle_queries(cfg, dataset, users, mismatch=False)),
+        "trm-mismatch": lambda: trm(oracle_queries(cfg, dataset, users, mismatch=True)),
     }
 
 
@@ -71,24 +92,18 @@ def table_row(record: dict) -> dict:
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     agents = list(cfg.agent) if isinstance(cfg.agent, ListConfig) else [str(cfg.agent)]
-    dataset, root = prepare(cfg)
-    builders = agent_scorers(cfg, dataset, root)
+    dataset, root = prepare(cfg, models=[])
+    users = evaluation_users(cfg, dataset)
+    builders = agent_scorers(cfg, dataset, root, users)
     unknown = [a for a in agents if a not in builders]
     if unknown:
         raise SystemExit(f"unknown agent {unknown[0]!r}; choose from {', '.join(builders)}")
-    users = evaluation_users(cfg, dataset)
-    outcomes = {
-        agent: evaluate_scorer(
-            builders[agent](),
-            dataset,
-            users,
-            cfg.split,
-            exclude_history=cfg.eval.exclude_history,
-            batch_size=cfg.eval.batch_size,
-            progress=True,
+    outcomes = {}
+    for agent in agents:
+        scorer, queries = builders[agent]()
+        outcomes[agent] = evaluate_scorer(
+            scorer, dataset, users, cfg.split, queries, cfg.eval.exclude_history, cfg.eval.batch_size, progress=True
         )
-        for agent in agents
-    }
     records = [result_record(cfg, dataset, agent, outcome) for agent, outcome in outcomes.items()]
     print(
         f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n"

@@ -17,7 +17,8 @@ from deeprec_env.data.dataset import ItemMeta, RawInteractions, RecDataset, buil
 from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
-from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train, scorer_for, training_windows
+from deeprec_env.trm.retriever import InProcessRetriever
+from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train, training_windows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,8 +126,13 @@ def test_stack_histories_left_pads_and_cuts():
 
 
 def test_item_card_respects_budget():
-    ds = RecDataset("toy", [ItemMeta("<pad>"), ItemMeta("A Very Long Title Indeed", 1999, ("Drama", "War"))],
-                    [np.array([1])], ["u"], ["", "1"])
+    ds = RecDataset(
+        "toy",
+        [ItemMeta("<pad>"), ItemMeta("A Very Long Title Indeed", 1999, ("Drama", "War"))],
+        [np.array([1])],
+        ["u"],
+        ["", "1"],
+    )
     assert ds.item_card(1) == "A Very Long Title Indeed (1999) | Drama, War"
     assert len(ds.item_card(1, max_chars=20)) <= 20
 
@@ -142,7 +148,9 @@ def test_padding_does_not_change_scores():
     assert torch.isfinite(a[:, 1:]).all() and torch.isfinite(b[:, 1:]).all()
     assert a[0, 0] == float("-inf")
     small = SequentialRecommender(30, ModelConfig(max_len=3, hidden=16, n_layers=2)).eval()
-    small.load_state_dict({k: (v[-3:] if k == "position_embedding.weight" else v) for k, v in model.state_dict().items()})
+    small.load_state_dict(
+        {k: (v[-3:] if k == "position_embedding.weight" else v) for k, v in model.state_dict().items()}
+    )
     with torch.inference_mode():
         assert torch.allclose(small(short[:, -3:]), a, atol=1e-5)
 
@@ -154,7 +162,7 @@ def test_sasrec_learns_sequential_patterns(synthetic, tmp_path):
     )
     model, log = load_or_train(synthetic, cfg, tmp_path)
     users = synthetic.eval_users("valid")
-    sasrec = evaluate_scorer(scorer_for(model), synthetic, users, "valid").per_user()["ndcg@10"].mean()
+    sasrec = evaluate_scorer(InProcessRetriever(model).scores, synthetic, users, "valid").per_user()["ndcg@10"].mean()
     pop = evaluate_scorer(popularity_scorer(synthetic), synthetic, users, "valid").per_user()["ndcg@10"].mean()
     assert log["best_valid_ndcg10"] == pytest.approx(sasrec, abs=1e-6)
     assert sasrec > 1.3 * pop, (sasrec, pop)
@@ -165,9 +173,17 @@ def test_sasrec_learns_sequential_patterns(synthetic, tmp_path):
 def test_evaluate_cli_writes_results(tmp_path):
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "experiments.evaluate", "dataset=synthetic", "agent=[pop,sasrec]",
-        f"artifacts={tmp_path / 'artifacts'}", f"hydra.run.dir={run}", "sasrec.train.max_epochs=2",
-        "dataset.synthetic.n_users=80", "dataset.synthetic.n_items=60", "eval.bootstrap=200",
+        sys.executable,
+        "-m",
+        "experiments.evaluate",
+        "dataset=synthetic",
+        "agent=[pop,sasrec]",
+        f"artifacts={tmp_path / 'artifacts'}",
+        f"hydra.run.dir={run}",
+        "sasrec.train.max_epochs=2",
+        "dataset.synthetic.n_users=80",
+        "dataset.synthetic.n_items=60",
+        "eval.bootstrap=200",
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -184,9 +200,17 @@ def test_evaluate_cli_writes_results(tmp_path):
 
 
 def test_unknown_agent_is_one_clear_line(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.evaluate", "dataset=synthetic", "agent=nope",
-           f"artifacts={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", "sasrec.train.max_epochs=1",
-           "dataset.synthetic.n_users=40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.evaluate",
+        "dataset=synthetic",
+        "agent=nope",
+        f"artifacts={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "sasrec.train.max_epochs=1",
+        "dataset.synthetic.n_users=40",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "unknown agent 'nope'" in done.stderr

@@ -4,7 +4,7 @@ One model, read top to bottom:
   item vectors  = id embedding (+ projection of frozen item text embeddings when `fuse_item_text`)
   user vector   = causal transformer over the last `max_len` items, hidden state at the newest position
                   (+ projection of a query text embedding, then LayerNorm, when `fuse_query`)
-  scores        = cosine(user vector, item vectors) / temperature over the whole catalogue.
+  scores        = cosine(user vector, item vectors) / temperature (+ a learned item bias) over the catalogue.
 With both fusions off it is plain SASRec (ID-only); the preference-aware TRM switches them on.
 """
 
@@ -27,6 +27,7 @@ class ModelConfig:
     n_heads: int = 2
     dropout: float = 0.2
     temperature: float = 0.1
+    item_bias: bool = True  # a learned per-item logit offset: cosine scores alone cannot express popularity
     fuse_item_text: bool = False
     fuse_query: bool = False
 
@@ -84,6 +85,8 @@ class SequentialRecommender(nn.Module):
                 nn.Linear(item_text.shape[1], hidden), nn.GELU(), nn.Linear(hidden, hidden)
             )
             self.query_norm = nn.LayerNorm(hidden)
+        if config.item_bias:
+            self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
         nn.init.normal_(self.item_embedding.weight, std=0.02)
 
     @property
@@ -97,10 +100,11 @@ class SequentialRecommender(nn.Module):
             vectors = vectors + self.text_projection(self.item_text)
         return vectors
 
-    def sequence_states(self, histories: torch.Tensor) -> torch.Tensor:
-        """(batch, max_len) left-padded item ids -> (batch, max_len, hidden) causal hidden states."""
+    def sequence_states(self, histories: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, max_len) left-padded item ids -> (batch, max_len, hidden) causal hidden states. `items` are
+        precomputed `item_vectors()` (a caller serving many batches with frozen weights computes them once)."""
         length = histories.shape[1]
-        items = self.item_vectors()[histories] * (histories > 0).unsqueeze(-1)
+        items = (self.item_vectors() if items is None else items)[histories] * (histories > 0).unsqueeze(-1)
         x = self.input_dropout(items + self.position_embedding.weight[-length:])
         causal = torch.ones(length, length, dtype=torch.bool, device=histories.device).tril()
         allowed = causal & (histories > 0).unsqueeze(1)  # keys must be real items ...
@@ -122,15 +126,20 @@ class SequentialRecommender(nn.Module):
         present = (query_text.abs().sum(-1, keepdim=True) > 0).to(states.dtype)
         return self.query_norm(states + present * self.query_projection(query_text))
 
-    def logits(self, users: torch.Tensor) -> torch.Tensor:
+    def logits(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine similarity / temperature against every item; the padding column is -inf."""
-        items = F.normalize(self.item_vectors(), dim=-1)
+        items = F.normalize(self.item_vectors() if items is None else items, dim=-1)
         scores = F.normalize(users, dim=-1) @ items.T / self.config.temperature
+        if self.config.item_bias:
+            scores = scores + self.item_bias
         scores[..., 0] = float("-inf")
         return scores
 
-    def forward(self, histories: torch.Tensor, query_text: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, histories: torch.Tensor, query_text: torch.Tensor | None = None, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scores (batch, n_items + 1) for the next item after each history, given an optional query embedding
-        (batch, text_dim)."""
-        users = self.sequence_states(histories)[:, -1]
-        return self.logits(self.fuse(users, query_text))
+        (batch, text_dim) and optionally precomputed `item_vectors()`."""
+        items = self.item_vectors() if items is None else items
+        users = self.sequence_states(histories, items)[:, -1]
+        return self.logits(self.fuse(users, query_text), items)

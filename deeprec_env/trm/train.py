@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from deeprec_env.cache import cached, config_hash
-from deeprec_env.data.dataset import RecDataset, stack_histories
+from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+from deeprec_env.trm.retriever import InProcessRetriever
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class TrainConfig:
     max_epochs: int = 200
     patience: int = 10  # epochs without validation NDCG@10 improvement before stopping
     valid_users: int | None = 3000  # fixed validation sample for early stopping (None = all)
-    query_dropout: float = 0.3  # preference-aware training only
+    query_dropout: float = 0.3  # preference-aware training only: share of targets trained with the empty query
+    query_variants: int = 4  # phrasings per item in the query bank
     seed: int = 0
 
 
@@ -95,7 +97,7 @@ def train_model(
 
     def validate() -> float:
         model.eval()
-        result = evaluate_scorer(scorer_for(model), dataset, valid_users, "valid", list_k=1)
+        result = evaluate_scorer(InProcessRetriever(model).scores, dataset, valid_users, "valid", list_k=1)
         model.train()
         return float(result.per_user()["ndcg@10"].mean())
 
@@ -110,11 +112,12 @@ def train_model(
             batch = windows[order[start : start + config.train.batch_size]]
             inputs, targets = batch[:, :-1], batch[:, 1:]
             real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
-            states, targets = model.sequence_states(inputs)[real], targets[real]
+            items = model.item_vectors()
+            states, targets = model.sequence_states(inputs, items)[real], targets[real]
             if config.model.fuse_query:
                 queries = _window_queries(targets, query_bank, config.train.query_dropout, gen)
                 states = model.fuse(states, queries)
-            loss = F.cross_entropy(model.logits(states), targets)
+            loss = F.cross_entropy(model.logits(states, items), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -145,36 +148,48 @@ def train_model(
     return model, history
 
 
-def scorer_for(model: SequentialRecommender, encode_queries=None):
-    """Wrap a model as a `Scorer`. Query texts are encoded with `encode_queries(texts) -> (batch, text_dim)`;
-    an empty string is the empty query."""
+def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: int, cache_root: Path) -> np.ndarray:
+    """(n_items + 1, n_variants, dim) encoded query phrasings of every item's metadata (row 0: empty queries)."""
+    from deeprec_env.trm.queries import query_bank_texts
 
-    def score(histories, queries=None) -> np.ndarray:
-        with torch.inference_mode():
-            batch = torch.from_numpy(stack_histories(histories, model.config.max_len))
-            query_text = None
-            if queries is not None and model.config.fuse_query:
-                query_text = encode_queries(list(queries))
-            return model(batch, query_text).numpy()
+    directory = cache_root / f"query-bank-{encoder.name}-{n_variants}v-seed{seed}"
 
-    return score
+    def build(tmp: Path) -> None:
+        texts = query_bank_texts(dataset, n_variants, seed)
+        flat = encoder.encode([t for row in texts for t in row])
+        np.save(tmp / "embeddings.npy", flat.reshape(len(texts), n_variants, -1).astype(np.float32))
+
+    cached(directory, build, f"query bank of {dataset.name}")
+    return np.load(directory / "embeddings.npy")
 
 
 def load_or_train(
-    dataset: RecDataset,
-    config: TRMConfig,
-    cache_root: Path,
-    item_text: torch.Tensor | None = None,
-    query_bank: torch.Tensor | None = None,
+    dataset: RecDataset, config: TRMConfig, cache_root: Path, encoder=None, progress: bool = True
 ) -> tuple[SequentialRecommender, dict]:
-    """The trained model for this dataset and config, from `cache_root/trm-<name>-<hash>/` or trained now."""
-    directory = cache_root / f"trm-{config.name}-{config_hash(asdict(config))}"
+    """The trained model for this dataset and config, from `cache_root/trm-<name>-<hash>/` or trained now.
+
+    Text fusion needs `encoder` (a `deeprec_env.text.TextEncoder`): item text embeddings and, for training a
+    preference-aware model, the query bank are computed with it (and cached)."""
+    uses_text = config.model.fuse_item_text or config.model.fuse_query
+    if uses_text and encoder is None:
+        raise ValueError(f"trm {config.name!r} fuses text: pass a text encoder (deeprec_env.text.TextEncoder)")
+    item_text = None
+    if uses_text:
+        from deeprec_env.text import item_text_embeddings
+
+        item_text = torch.from_numpy(item_text_embeddings(dataset, encoder, cache_root))
+    key = asdict(config) | ({"encoder": encoder.name} if uses_text else {})
+    directory = cache_root / f"trm-{config.name}-{config_hash(key)}"
 
     def build(tmp: Path) -> None:
-        model, train_log = train_model(dataset, config, item_text, query_bank)
+        query_bank = None
+        if config.model.fuse_query:
+            bank = query_bank_embeddings(dataset, encoder, config.train.query_variants, config.train.seed, cache_root)
+            query_bank = torch.from_numpy(bank)
+        model, train_log = train_model(dataset, config, item_text, query_bank, progress)
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
-        (tmp / "config.json").write_text(json.dumps(asdict(config), indent=1))
+        (tmp / "config.json").write_text(json.dumps(key, indent=1))
 
     cached(directory, build, f"{config.name} model")
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
