@@ -36,9 +36,7 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _exclusion_pairs(
-    exclude: Sequence[np.ndarray] | None, batch: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _exclusion_pairs(exclude: Sequence[np.ndarray] | None, batch: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Flatten ``exclude`` into deduplicated (row, item id) pairs, padding ids dropped."""
     if exclude is None:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -55,9 +53,7 @@ def _exclusion_pairs(
     return rows[keep], flat[keep]
 
 
-def target_ranks(
-    scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray] | None = None
-) -> np.ndarray:
+def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """0-based rank of each row's target among all items ``1..n_items`` minus ``exclude[row]``.
 
     The target itself is never excluded, even when it appears in ``exclude[row]``. Ties go to the lower item
@@ -176,9 +172,7 @@ def coverage(lists: Sequence[Sequence[int]], n_items: int) -> float:
     return distinct.size / n_items
 
 
-def intra_list_diversity(
-    lists: Sequence[Sequence[int]], item_categories: Sequence[tuple[str, ...]]
-) -> np.ndarray:
+def intra_list_diversity(lists: Sequence[Sequence[int]], item_categories: Sequence[tuple[str, ...]]) -> np.ndarray:
     """Per-list mean pairwise category dissimilarity, 1 - Jaccard(categories of item a, categories of item b).
 
     ``item_categories[i]`` holds item ``i``'s categories (index 0 = padding). Pairs in which either item has
@@ -233,9 +227,7 @@ def head_items(popularity: np.ndarray, head_fraction: float = 0.2) -> np.ndarray
     return head
 
 
-def long_tail_share(
-    lists: Sequence[Sequence[int]], popularity: np.ndarray, head_fraction: float = 0.2
-) -> np.ndarray:
+def long_tail_share(lists: Sequence[Sequence[int]], popularity: np.ndarray, head_fraction: float = 0.2) -> np.ndarray:
     """Per-list share of recommended items outside the head (see `head_items`); NaN for a list with no id.
 
     The head is the top ``head_fraction`` of items by popularity count (default: top 20% of the catalogue),

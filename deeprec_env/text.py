@@ -147,6 +147,7 @@ class TextEncoder:
             else:
                 self._cache.move_to_end(key)
                 out[where] = hit
+        missing.sort(key=len)  # similar lengths per batch: less padding (the model sorts only within a call)
         chunk = self.config.batch_size * 8
         starts = range(0, len(missing), chunk)
         if progress and len(missing) > chunk:

@@ -1,8 +1,10 @@
 """`python -m experiments.bench`: throughput and memory figures as JSON (never timed tests).
 
 Each measurement runs in its own subprocess so its peak resident memory is its own. Figures:
-- `sasrec_train`: seconds per training epoch and peak RSS while training (a fresh model, `bench.epochs`
-  epochs), plus the full early-stopped training time recorded by `prepare` when that checkpoint is cached.
+- `sasrec_train`, `trm_train`: training speed (a fresh model for `bench.steps` optimizer steps) and peak RSS, plus
+  the full early-stopped training time recorded by `prepare` when that checkpoint is cached.
+- `retrieval`: p50/p95 latency of a batched tool call (query encoding included) for `bench.batch_sizes`,
+  in-process and through the shared Ray actor.
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
@@ -17,52 +19,139 @@ import time
 from dataclasses import asdict, replace
 
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
-from experiments.common import CONFIG_PATH, log, prepared_dataset, run_dir, trm_config, write_json
+from experiments.common import (
+    CONFIG_PATH,
+    log,
+    prepared_dataset,
+    run_dir,
+    text_encoder,
+    trained_model,
+    trm_config,
+    write_json,
+)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_sasrec_train(cfg: DictConfig) -> dict:
-    """Epoch time and peak memory of SASRec training on one dataset."""
+def bench_train(cfg: DictConfig, name: str) -> dict:
+    """Step time and peak memory of training the `name` recommender (sasrec or trm) on one dataset."""
     from deeprec_env.cache import config_hash
-    from deeprec_env.trm.train import train_model
+    from deeprec_env.trm.train import query_bank_embeddings, train_model
 
     dataset, root = prepared_dataset(cfg)
-    config = trm_config(cfg.sasrec)
-    cached_log = root / f"trm-{config.name}-{config_hash(asdict(config))}"
-    budget = replace(config, train=replace(config.train, max_epochs=cfg.bench.epochs, patience=cfg.bench.epochs))
+    config = trm_config(cfg[name])
+    uses_text = config.model.fuse_item_text or config.model.fuse_query
+    encoder = text_encoder(cfg) if uses_text else None
+    item_text = query_bank = None
+    if uses_text:
+        from deeprec_env.text import item_text_embeddings
+
+        item_text = torch.from_numpy(item_text_embeddings(dataset, encoder, root))
+        if config.model.fuse_query:
+            bank = query_bank_embeddings(dataset, encoder, config.train.query_variants, config.train.seed, root)
+            query_bank = torch.from_numpy(bank)
+    steps = cfg.bench.steps
+    budget = replace(config, train=replace(config.train, max_steps=steps, eval_every=steps))
     started = time.perf_counter()
-    _, train_log = train_model(dataset, budget, progress=False)
+    _, train_log = train_model(dataset, budget, item_text, query_bank, progress=False)
     seconds = time.perf_counter() - started
-    full = json.loads((cached_log / "train_log.json").read_text()) if (cached_log / "train_log.json").exists() else None
+    key = asdict(config) | ({"encoder": encoder.name} if uses_text else {})
+    full_log = root / f"trm-{config.name}-{config_hash(key)}" / "train_log.json"
+    full = json.loads(full_log.read_text()) if full_log.exists() else None
+    steps_per_epoch = -(-train_log["n_windows"] // config.train.batch_size)
     return {
         "dataset": dataset.name,
+        "model": name,
         "n_train_windows": train_log["n_windows"],
-        "epochs_timed": len(train_log["epochs"]),
-        "seconds_per_epoch": round(seconds / len(train_log["epochs"]), 2),
+        "steps_timed": steps,
+        "seconds_per_100_steps": round(100 * seconds / steps, 2),
+        "seconds_per_epoch": round(steps_per_epoch * seconds / steps, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "full_training": None
         if full is None
         else {
             "seconds": round(full["train_seconds"], 1),
-            "epochs": len(full["epochs"]),
-            "best_epoch": full["best_epoch"],
+            "steps": full["steps"],
+            "best_step": full["best_step"],
             "best_valid_ndcg10": round(full["best_valid_ndcg10"], 4),
         },
     }
 
 
-TASKS = {"sasrec_train": bench_sasrec_train}
+def bench_retrieval(cfg: DictConfig) -> dict:
+    """Latency of one batched tool call (query encoding + TRM forward + top-k), p50/p95 per batch size, for the
+    in-process and the Ray backend. Every query is a fresh phrasing, so the encoder's cache never answers."""
+    import ray
+
+    from deeprec_env.trm.queries import query_bank_texts
+    from deeprec_env.trm.retriever import InProcessRetriever, RayRetriever
+
+    dataset, root = prepared_dataset(cfg)
+    encoder = text_encoder(cfg)
+    model, _ = trained_model(cfg, "trm", dataset, root)
+    local = InProcessRetriever(model, encoder)
+    rng = np.random.default_rng(cfg.seed)
+    users = dataset.eval_users("test")
+    phrasings = [q for row in query_bank_texts(dataset, 4, cfg.seed)[1:] for q in row]
+    result = {"dataset": dataset.name, "n_items": dataset.n_items, "k": cfg.bench.recall_k, "backends": {}}
+
+    def measure(retriever, clear) -> dict:
+        out = {}
+        for size in cfg.bench.batch_sizes:
+            latencies = []
+            for _ in range(cfg.bench.repeats):
+                batch = rng.choice(users, size)
+                histories = [dataset.history_and_target(int(u), "test")[0] for u in batch]
+                queries = [phrasings[i] for i in rng.choice(len(phrasings), size)]
+                clear()
+                started = time.perf_counter()
+                retriever.retrieve(histories, queries, cfg.bench.recall_k)
+                latencies.append(1000 * (time.perf_counter() - started))
+            p50, p95 = np.percentile(latencies, [50, 95])
+            out[f"batch_{size}"] = {"p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}
+        return out
+
+    local.retrieve([dataset.history_and_target(int(users[0]), "test")[0]], ["warm up"], cfg.bench.recall_k)
+    result["backends"]["in_process"] = measure(local, encoder.clear_cache)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = RayRetriever.from_in_process(local, encoder_factory=lambda: text_encoder(cfg))
+        remote.retrieve([[1]], ["warm up"], cfg.bench.recall_k)
+        result["backends"]["ray_actor"] = measure(remote, lambda: None)
+        remote.close()
+    finally:
+        ray.shutdown()
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
+TASKS = {
+    "retrieval": bench_retrieval,
+    "sasrec_train": lambda cfg: bench_train(cfg, "sasrec"),
+    "trm_train": lambda cfg: bench_train(cfg, "trm"),
+}
 
 
 def run_child(task: str, dataset: str, overrides: list[str]) -> dict:
     """One measurement in a fresh interpreter; it prints its JSON result as the last stdout line."""
-    cmd = [sys.executable, "-m", "experiments.bench", f"bench.child={task}", f"dataset={dataset}", *overrides,
-           "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench",
+        f"bench.child={task}",
+        f"dataset={dataset}",
+        *overrides,
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench {task} on {dataset} failed: {done.stderr.strip().splitlines()[-1]}")
@@ -77,8 +166,8 @@ def main(cfg: DictConfig) -> None:
     unknown = [t for t in cfg.bench.tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    passthrough = [f"artifacts={cfg.artifacts}", f"bench.epochs={cfg.bench.epochs}"]
-    results = {"cpu_threads": __import__("torch").get_num_threads(), "tasks": {}}
+    passthrough = [f"artifacts={cfg.artifacts}", f"bench.steps={cfg.bench.steps}"]
+    results = {"cpu_threads": torch.get_num_threads(), "tasks": {}}
     for task in cfg.bench.tasks:
         results["tasks"][task] = []
         for dataset in cfg.bench.datasets:

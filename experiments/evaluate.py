@@ -3,7 +3,7 @@
 Prepares whatever is missing (through the cache), evaluates every agent on the same users of the split with
 full ranking, prints a markdown table with 95% bootstrap intervals and writes `results.json` in the run
 directory: one object per agent `{"dataset", "split", "agent", "n_users", "metrics", "beyond"}` (a list of
-them when several agents run), plus `comparisons.json` with paired differences against the first agent.
+them when several agents run), plus `comparisons.json` with paired differences between every pair of agents.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
 from deeprec_env.metrics import coverage, intra_list_diversity, long_tail_share, paired_difference, summarize
 from deeprec_env.trm.retriever import InProcessRetriever
-from experiments.common import CONFIG_PATH, log, markdown_table, run_dir, text_encoder, trained_model, write_json
+from experiments.common import CONFIG_PATH, markdown_table, run_dir, text_encoder, trained_model, write_json
 from experiments.prepare import prepare
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
@@ -75,8 +75,7 @@ def result_record(cfg: DictConfig, dataset: RecDataset, agent: str, outcome: Eva
         "agent": agent,
         "n_users": int(len(outcome.users)),
         "metrics": summarize(outcome.per_user(), cfg.eval.bootstrap, seed=cfg.seed),
-        "beyond": {"coverage": coverage(lists, dataset.n_items)}
-        | summarize(beyond, cfg.eval.bootstrap, seed=cfg.seed),
+        "beyond": {"coverage": coverage(lists, dataset.n_items)} | summarize(beyond, cfg.eval.bootstrap, seed=cfg.seed),
     }
 
 
@@ -88,6 +87,16 @@ def table_row(record: dict) -> dict:
     row["coverage@10"] = record["beyond"]["coverage"]
     row["long-tail"] = record["beyond"]["long_tail_share"]["mean"]
     return row
+
+
+def comparison_row(pair: str, diff: dict) -> dict:
+    return {
+        "pair": pair,
+        "difference": diff["mean"],
+        "low": diff["low"],
+        "high": diff["high"],
+        "excludes_zero": diff["excludes_zero"],
+    }
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -105,32 +114,29 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             scorer, dataset, users, cfg.split, queries, cfg.eval.exclude_history, cfg.eval.batch_size, progress=True
         )
     records = [result_record(cfg, dataset, agent, outcome) for agent, outcome in outcomes.items()]
-    print(
-        f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n"
-    )
-    print(
-        markdown_table(
-            [table_row(r) for r in records], ["agent", "users", *REPORTED, "coverage@10", "long-tail"]
-        )
-    )
+    print(f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
+    print(markdown_table([table_row(r) for r in records], ["agent", "users", *REPORTED, "coverage@10", "long-tail"]))
 
     out = run_dir()
     write_json(out / "results.json", records[0] if len(records) == 1 else records)
     if len(agents) > 1:
-        base = outcomes[agents[0]].per_user()
+        per_user = {agent: outcome.per_user() for agent, outcome in outcomes.items()}
         comparisons = {
-            f"{agent}-vs-{agents[0]}": {
-                name: paired_difference(
-                    outcomes[agent].per_user()[name], base[name], cfg.eval.bootstrap, seed=cfg.seed
-                )
+            f"{later}-vs-{earlier}": {
+                name: paired_difference(per_user[later][name], per_user[earlier][name], cfg.eval.bootstrap, cfg.seed)
                 for name in REPORTED
             }
-            for agent in agents[1:]
+            for i, earlier in enumerate(agents)
+            for later in agents[i + 1 :]
         }
         write_json(out / "comparisons.json", comparisons)
-        for pair, diffs in comparisons.items():
-            d = diffs["ndcg@10"]
-            log.info("%s: NDCG@10 difference %+.4f [%+.4f, %+.4f]", pair, d["mean"], d["low"], d["high"])
+        print("\nPaired differences in NDCG@10 (same users, 95% bootstrap)\n")
+        print(
+            markdown_table(
+                [comparison_row(pair, diffs["ndcg@10"]) for pair, diffs in comparisons.items()],
+                ["pair", "difference", "low", "high", "excludes_zero"],
+            )
+        )
     return records
 
 

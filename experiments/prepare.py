@@ -20,9 +20,10 @@ def prepare(cfg: DictConfig, models: list[str] | None = None):
     for name in cfg.prepare.models if models is None else models:
         _, train_log = trained_model(cfg, name, dataset, root)
         log.info(
-            "%s: best validation NDCG@10 %.4f (epoch %d, %.0fs)",
+            "%s: best validation NDCG@10 %.4f (step %d, epoch %d, %.0fs)",
             name,
             train_log["best_valid_ndcg10"],
+            train_log["best_step"],
             train_log["best_epoch"],
             train_log["train_seconds"],
         )

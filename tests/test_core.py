@@ -158,7 +158,7 @@ def test_padding_does_not_change_scores():
 def test_sasrec_learns_sequential_patterns(synthetic, tmp_path):
     cfg = TRMConfig(
         model=ModelConfig(max_len=10, hidden=32, n_layers=1, dropout=0.1),
-        train=TrainConfig(batch_size=64, max_epochs=15, patience=4, lr=3e-3),
+        train=TrainConfig(batch_size=64, max_steps=600, eval_every=50, patience=4, lr=3e-3),
     )
     model, log = load_or_train(synthetic, cfg, tmp_path)
     users = synthetic.eval_users("valid")
@@ -180,7 +180,7 @@ def test_evaluate_cli_writes_results(tmp_path):
         "agent=[pop,sasrec]",
         f"artifacts={tmp_path / 'artifacts'}",
         f"hydra.run.dir={run}",
-        "sasrec.train.max_epochs=2",
+        "sasrec.train.max_steps=20",
         "dataset.synthetic.n_users=80",
         "dataset.synthetic.n_items=60",
         "eval.bootstrap=200",
@@ -208,7 +208,7 @@ def test_unknown_agent_is_one_clear_line(tmp_path):
         "agent=nope",
         f"artifacts={tmp_path}",
         f"hydra.run.dir={tmp_path / 'run'}",
-        "sasrec.train.max_epochs=1",
+        "sasrec.train.max_steps=5",
         "dataset.synthetic.n_users=40",
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

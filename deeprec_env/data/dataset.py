@@ -62,9 +62,7 @@ class RecDataset:
     sequences: list[np.ndarray]
     raw_user_ids: list[str]
     raw_item_ids: list[str]  # index = item id; raw_item_ids[0] == ""
-    extras: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # e.g. the synthetic users' latent preferences
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. the synthetic users' latent preferences
 
     @property
     def n_items(self) -> int:

@@ -76,9 +76,7 @@ def data_roots(configured: str | None) -> list[Path]:
 def find_dataset_dir(cfg: DatasetConfig) -> Path:
     """The first data root holding the dataset's folder, or a one-line error naming the files and their source."""
     if not cfg.dir:
-        raise DatasetError(
-            f"dataset {cfg.name!r} has no dataset.dir; set it to the folder under the data root"
-        )
+        raise DatasetError(f"dataset {cfg.name!r} has no dataset.dir; set it to the folder under the data root")
     for root in data_roots(cfg.root):
         candidate = root / cfg.dir
         if candidate.is_dir():
@@ -115,9 +113,7 @@ def load_dataset(cfg: DatasetConfig, artifacts: str | os.PathLike = "artifacts")
     from deeprec_env.data.synthetic import generate_synthetic
 
     if cfg.format != "synthetic" and cfg.format not in READERS:
-        raise DatasetError(
-            f"unknown dataset.format {cfg.format!r}; use one of {sorted(READERS) + ['synthetic']}"
-        )
+        raise DatasetError(f"unknown dataset.format {cfg.format!r}; use one of {sorted(READERS) + ['synthetic']}")
 
     def build(tmp: Path) -> None:
         if cfg.format == "synthetic":

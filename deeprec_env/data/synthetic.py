@@ -39,26 +39,21 @@ YEAR_RANGE = (1980, 2023)  # inclusive
 _THEME_WORDS: dict[str, tuple[str, str]] = {
     "Sci-Fi": (
         "Starfall, Quantum, Nebula, Orbital, Hyperion, Ion, Void, Chrono, Stellar, Cyber, Andromeda, Photon",
-        "Odyssey, Protocol, Horizon, Drift, Colony, Signal, Frontier, Paradox, Station, Vector, Eclipse, "
-        "Genesis",
+        "Odyssey, Protocol, Horizon, Drift, Colony, Signal, Frontier, Paradox, Station, Vector, Eclipse, Genesis",
     ),
     "Western": (
         "Dust Creek, Tombstone, Silver Gulch, Red Mesa, Rattlesnake, Coyote, Dry River, Sundown, Deadwood, "
         "Iron Horse, Lone Pine, Mustang",
-        "Showdown, Outlaws, Bounty, Trail, Ranch, Saloon, Stampede, Posse, Sheriff, Gold Rush, Reckoning, "
-        "Drifter",
+        "Showdown, Outlaws, Bounty, Trail, Ranch, Saloon, Stampede, Posse, Sheriff, Gold Rush, Reckoning, Drifter",
     ),
     "Cooking": (
-        "Kitchen, Butter, Saffron, Spice, Garden, Rustic, Midnight, Harvest, Sourdough, Street, Grandma's, "
-        "Smoky",
-        "Secrets, Feast, Table, Pantry, Bakery, Skillet, Supper, Recipes, Grill, Brunch, Kitchen Tales, "
-        "Market",
+        "Kitchen, Butter, Saffron, Spice, Garden, Rustic, Midnight, Harvest, Sourdough, Street, Grandma's, Smoky",
+        "Secrets, Feast, Table, Pantry, Bakery, Skillet, Supper, Recipes, Grill, Brunch, Kitchen Tales, Market",
     ),
     "Racing": (
         "Turbo, Nitro, Redline, Apex, Throttle, Burnout, Overdrive, Checkered, Asphalt, Pit Lane, "
         "Slipstream, Full Speed",
-        "Rivals, Circuit, Grand Prix, Rally, Drift Kings, Velocity, Lap, Fury, Run, Legends, Championship, "
-        "Sprint",
+        "Rivals, Circuit, Grand Prix, Rally, Drift Kings, Velocity, Lap, Fury, Run, Legends, Championship, Sprint",
     ),
     "Puzzle": (
         "Cube, Riddle, Maze, Cipher, Tangram, Labyrinth, Prism, Enigma, Jigsaw, Logic, Domino, Mosaic",
@@ -87,8 +82,7 @@ _THEME_WORDS: dict[str, tuple[str, str]] = {
     ),
     "War": (
         "Iron, Steel, Broken, Burning, Northern, Final, Operation, Thunder, Fallen, Frozen, Desert, Eagle",
-        "Front, Siege, Battalion, Trenches, Offensive, Beachhead, Regiment, Command, Ridge, Valor, "
-        "Armistice, Convoy",
+        "Front, Siege, Battalion, Trenches, Offensive, Beachhead, Regiment, Command, Ridge, Valor, Armistice, Convoy",
     ),
     "Sports": (
         "Home Run, Slam Dunk, Underdog, Golden, Final, Victory, Rookie, Fast Break, Overtime, Kickoff, Hat "
@@ -97,8 +91,7 @@ _THEME_WORDS: dict[str, tuple[str, str]] = {
     ),
     "Documentary": (
         "Inside, Hidden, Untold, Deep, Modern, Ancient, Silent, Urban, Lost, True, Forgotten, Global",
-        "Stories, Truth, Voices, Files, Frontiers, Witnesses, Economy, Machines, Archives, Empires, Lives, "
-        "Revolution",
+        "Stories, Truth, Voices, Files, Frontiers, Witnesses, Economy, Machines, Archives, Empires, Lives, Revolution",
     ),
     "Musical": (
         "Broadway, Jazz, Rhythm, Melody, Harmony, Swing, Encore, Spotlight, Velvet, Neon, Tango, Starlight",
@@ -106,13 +99,11 @@ _THEME_WORDS: dict[str, tuple[str, str]] = {
     ),
     "Animation": (
         "Bubbles, Pixel, Whisker, Sprocket, Paper, Tiny, Jelly, Rainbow, Button, Doodle, Pocket, Cotton",
-        "Friends, Island, Adventures, Town, Express, Critters, Galaxy, Forest, Circus, Robots, Monsters, "
-        "Bunch",
+        "Friends, Island, Adventures, Town, Express, Critters, Galaxy, Forest, Circus, Robots, Monsters, Bunch",
     ),
     "Thriller": (
         "Dead, Cold, Zero, Black, Double, Shattered, Blind, Fatal, Dark, Burn, Redacted, Last",
-        "Hour, Target, Agent, Conspiracy, Pursuit, Exposure, Trigger, Deception, Hostage, Escape, Cover, "
-        "Switch",
+        "Hour, Target, Agent, Conspiracy, Pursuit, Exposure, Trigger, Deception, Hostage, Escape, Cover, Switch",
     ),
     "Adventure": (
         "Jungle, Treasure, Island, Hidden, Sunken, Lost, Mountain, Golden, Emerald, Wild, Pirate, Sky",
@@ -123,25 +114,20 @@ _THEME_WORDS: dict[str, tuple[str, str]] = {
         "Lives, Hearts, Rooms, Seasons, Years, Promises, Shores, Windows, Roads, Letters, Waters, Days",
     ),
     "Crime": (
-        "Dirty, Gangland, Bullet, Concrete, Mob, Heist, Street, Vice, Snake Eyes, Gold Tooth, Undercover, "
-        "Backroom",
-        "Money, Syndicate, Racket, Job, Boulevard, Underworld, Score, Family, Informant, Confession, "
-        "Precinct, Cartel",
+        "Dirty, Gangland, Bullet, Concrete, Mob, Heist, Street, Vice, Snake Eyes, Gold Tooth, Undercover, Backroom",
+        "Money, Syndicate, Racket, Job, Boulevard, Underworld, Score, Family, Informant, Confession, Precinct, Cartel",
     ),
     "History": (
         "Roman, Medieval, Imperial, Viking, Victorian, Dynasty, Byzantine, Pharaoh's, Tudor, Samurai, "
         "Colonial, Bronze Age",
-        "Empire, Chronicle, Conquest, Dynasty, Legacy, Rebellion, Court, Crusade, Age, Kings, Republic, "
-        "Treaty",
+        "Empire, Chronicle, Conquest, Dynasty, Legacy, Rebellion, Court, Crusade, Age, Kings, Republic, Treaty",
     ),
     "Nature": (
         "Wild, Ocean, Arctic, Savanna, Rainforest, Mountain, Coral, River, Desert, Meadow, Glacier, Prairie",
-        "Planet, Kingdom, Seasons, Migration, Predators, Wonders, Giants, Life, Blue, Untamed, Wilderness, "
-        "Survival",
+        "Planet, Kingdom, Seasons, Migration, Predators, Wonders, Giants, Life, Blue, Untamed, Wilderness, Survival",
     ),
     "Travel": (
-        "Backpack, Passport, Island, Slow Train, Silk Road, Coastal, Nomad, Postcard, Alpine, Canal, "
-        "Tropical, Highway",
+        "Backpack, Passport, Island, Slow Train, Silk Road, Coastal, Nomad, Postcard, Alpine, Canal, Tropical, Highway",
         "Diaries, Journeys, Escapes, Guide, Wanderings, Routes, Getaway, Odyssey, Notebook, Crossings, "
         "Detours, Horizons",
     ),
@@ -152,8 +138,7 @@ _THEME_WORDS: dict[str, tuple[str, str]] = {
     ),
     "Superhero": (
         "Captain, Mighty, Ultra, Night, Thunder, Atomic, Crimson, Silver, Shadow, Titan, Quantum, Solar",
-        "Guardian, Avenger, Knight, Sentinel, Force, Legion, Vanguard, Justice, Defender, Crusader, Squad, "
-        "Origins",
+        "Guardian, Avenger, Knight, Sentinel, Force, Legion, Vanguard, Justice, Defender, Crusader, Squad, Origins",
     ),
 }
 _THEMES: dict[str, tuple[list[str], list[str]]] = {
@@ -291,12 +276,8 @@ def generate_synthetic(cfg: SyntheticConfig, name: str = "synthetic") -> RecData
                 current = _draw_category(cats, cat_weights, left, uniform)
                 if current < 0:  # all liked categories are exhausted: fall back to any with items left
                     if extra_left is None:
-                        extra_left = [
-                            category_sizes[c] - sum(primary[i - 1] == c for i in seen) for c in range(n_cat)
-                        ]
-                    current = _draw_category(
-                        list(range(n_cat)), [1.0] * n_cat, dict(enumerate(extra_left)), uniform
-                    )
+                        extra_left = [category_sizes[c] - sum(primary[i - 1] == c for i in seen) for c in range(n_cat)]
+                    current = _draw_category(list(range(n_cat)), [1.0] * n_cat, dict(enumerate(extra_left)), uniform)
                     extra_left[current] -= 1
                 else:
                     left[current] -= 1

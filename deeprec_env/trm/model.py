@@ -74,9 +74,7 @@ class SequentialRecommender(nn.Module):
         self.final_norm = nn.LayerNorm(hidden)
         if config.fuse_item_text or config.fuse_query:
             if item_text is None:
-                raise ValueError(
-                    "text fusion needs item text embeddings; pass item_text=(n_items+1, text_dim)"
-                )
+                raise ValueError("text fusion needs item text embeddings; pass item_text=(n_items+1, text_dim)")
             self.register_buffer("item_text", item_text.float(), persistent=False)
         if config.fuse_item_text:
             self.text_projection = nn.Linear(item_text.shape[1], hidden)
@@ -108,9 +106,7 @@ class SequentialRecommender(nn.Module):
         x = self.input_dropout(items + self.position_embedding.weight[-length:])
         causal = torch.ones(length, length, dtype=torch.bool, device=histories.device).tril()
         allowed = causal & (histories > 0).unsqueeze(1)  # keys must be real items ...
-        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=histories.device)).unsqueeze(
-            1
-        )  # ... or self
+        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=histories.device)).unsqueeze(1)  # ... or self
         for block in self.blocks:
             x = block(x, allowed)
         return self.final_norm(x)

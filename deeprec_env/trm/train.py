@@ -1,15 +1,21 @@
 """Training the sequential recommender: full-softmax cross-entropy, early stopping on validation NDCG@10.
 
 Recipe. Each user's training sequence (validation and test targets removed) is cut into windows of
-`max_len + 1` items ending at its newest item; every position predicts the next item (SASRec). When the model
-is preference-aware, each predicted position also gets a query: one of the target item's pre-encoded query
-phrasings (`query_bank[target, variant]`), replaced by the empty query with probability `query_dropout`, so
-the empty query keeps working as plain sequential recommendation.
+`max_len + 1` items ending at its newest item; every position with a real predecessor predicts the next item
+(SASRec). When the model is preference-aware, each predicted position also gets a query: one of the target
+item's pre-encoded phrasings of its metadata (`query_bank[target, variant]`, never the title verbatim),
+replaced by the empty query with probability `query_dropout` so the empty query stays plain sequential
+recommendation. A share `query_swap` of positions instead gets a random catalogue item as target together with
+that item's query (never dropped): without these counterfactual pairs every query agrees with the history and
+the model never learns to follow a query that leads away from it. Validation (empty query, a fixed user
+sample) runs every `eval_every` optimizer steps; training stops after `patience` validations without
+improvement and keeps the best weights.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import time
@@ -37,11 +43,13 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 128
-    max_epochs: int = 200
-    patience: int = 10  # epochs without validation NDCG@10 improvement before stopping
+    max_steps: int = 30000
+    eval_every: int = 100  # optimizer steps between validations
+    patience: int = 10  # validations without improvement of NDCG@10 before stopping
     valid_users: int | None = 3000  # fixed validation sample for early stopping (None = all)
     query_dropout: float = 0.3  # preference-aware training only: share of targets trained with the empty query
     query_variants: int = 4  # phrasings per item in the query bank
+    query_swap: float = 0.1  # preference-aware training only: share of counterfactual (random target, its query)
     seed: int = 0
 
 
@@ -64,12 +72,15 @@ def training_windows(dataset: RecDataset, max_len: int) -> np.ndarray:
     return np.stack(windows).astype(np.int64)
 
 
-def _window_queries(targets: torch.Tensor, query_bank: torch.Tensor, dropout: float, gen: torch.Generator):
-    """Per-position query embeddings for the targets: a random phrasing, or the empty (zero) query."""
+def _queries_for(targets: torch.Tensor, query_bank: torch.Tensor, train: TrainConfig, gen: torch.Generator):
+    """Per-position (targets, query embeddings): a random phrasing of each target or the empty (zero) query, and
+    a `query_swap` share of counterfactual positions with a random target and its (never empty) query."""
+    swap = torch.rand(targets.shape, generator=gen) < train.query_swap
+    random_items = torch.randint(1, query_bank.shape[0], targets.shape, generator=gen)
+    targets = torch.where(swap, random_items, targets)
     variant = torch.randint(query_bank.shape[1], targets.shape, generator=gen)
-    queries = query_bank[targets, variant]
-    keep = torch.rand(targets.shape, generator=gen) >= dropout
-    return queries * keep.unsqueeze(-1)
+    keep = (torch.rand(targets.shape, generator=gen) >= train.query_dropout) | swap
+    return targets, query_bank[targets, variant] * keep.unsqueeze(-1)
 
 
 def train_model(
@@ -79,73 +90,85 @@ def train_model(
     query_bank: torch.Tensor | None = None,
     progress: bool = True,
 ) -> tuple[SequentialRecommender, dict]:
-    """Train on the training sequences, keep the epoch with the best validation NDCG@10. Returns the model
-    (eval mode) and a training log with per-epoch loss and validation NDCG@10."""
-    torch.manual_seed(config.train.seed)
-    gen = torch.Generator().manual_seed(config.train.seed)
-    rng = np.random.default_rng(config.train.seed)
+    """Train on the training sequences and keep the weights with the best validation NDCG@10. Returns the model
+    (eval mode) and a training log with loss and validation NDCG@10 at every validation."""
+    train = config.train
+    torch.manual_seed(train.seed)
+    gen = torch.Generator().manual_seed(train.seed)
+    rng = np.random.default_rng(train.seed)
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
     if config.model.fuse_query and query_bank is None:
         raise ValueError("a preference-aware model needs a query_bank to train on")
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     windows = torch.from_numpy(training_windows(dataset, config.model.max_len))
     valid_users = dataset.eval_users("valid")
-    if config.train.valid_users and len(valid_users) > config.train.valid_users:
-        valid_users = np.sort(rng.choice(valid_users, config.train.valid_users, replace=False))
+    if train.valid_users and len(valid_users) > train.valid_users:
+        valid_users = np.sort(rng.choice(valid_users, train.valid_users, replace=False))
 
     def validate() -> float:
-        model.eval()
         result = evaluate_scorer(InProcessRetriever(model).scores, dataset, valid_users, "valid", list_k=1)
         model.train()
         return float(result.per_user()["ndcg@10"].mean())
 
-    history = {"epochs": [], "n_windows": len(windows), "n_valid_users": len(valid_users)}
-    best_score, best_state, stale, started = -1.0, None, 0, time.perf_counter()
-    epochs = tqdm(range(config.train.max_epochs), desc=f"train {config.name}", disable=not progress)
+    def batches():
+        for epoch in itertools.count():  # the training loop stops at max_steps or by early stopping
+            order = torch.randperm(len(windows), generator=gen)
+            for start in range(0, len(windows), train.batch_size):
+                yield epoch, windows[order[start : start + train.batch_size]]
+
+    log_ = {"evaluations": [], "n_windows": len(windows), "n_valid_users": len(valid_users)}
+    best_score, best_state, stale, losses, started = -1.0, None, 0, [], time.perf_counter()
+    bar = tqdm(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
     model.train()
-    for epoch in epochs:
-        order = torch.randperm(len(windows), generator=gen)
-        total, count = 0.0, 0
-        for start in range(0, len(windows), config.train.batch_size):
-            batch = windows[order[start : start + config.train.batch_size]]
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
-            items = model.item_vectors()
-            states, targets = model.sequence_states(inputs, items)[real], targets[real]
-            if config.model.fuse_query:
-                queries = _window_queries(targets, query_bank, config.train.query_dropout, gen)
-                states = model.fuse(states, queries)
-            loss = F.cross_entropy(model.logits(states, items), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item(), count + 1
+    for step, (epoch, batch) in enumerate(batches(), start=1):
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
+        items = model.item_vectors()
+        states, targets = model.sequence_states(inputs, items)[real], targets[real]
+        if config.model.fuse_query:
+            targets, queries = _queries_for(targets, query_bank, train, gen)
+            states = model.fuse(states, queries)
+        loss = F.cross_entropy(model.logits(states, items), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.update()
+        if step % train.eval_every and step < train.max_steps:
+            continue
         score = validate()
-        history["epochs"].append({"epoch": epoch, "loss": total / count, "valid_ndcg@10": score})
-        epochs.set_postfix(loss=f"{total / count:.3f}", valid_ndcg10=f"{score:.4f}")
+        log_["evaluations"].append(
+            {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
+        )
+        bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
+        losses = []
         if score > best_score:
             best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= config.train.patience:
-                break
+        if stale >= train.patience or step >= train.max_steps:
+            break
+    bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    history.update(
+    best = max(log_["evaluations"], key=lambda e: e["valid_ndcg@10"])
+    log_.update(
         best_valid_ndcg10=best_score,
-        best_epoch=max(history["epochs"], key=lambda e: e["valid_ndcg@10"])["epoch"],
+        best_step=best["step"],
+        best_epoch=best["epoch"],
+        steps=step,
         train_seconds=time.perf_counter() - started,
     )
     log.info(
-        "trained %s: best valid NDCG@10 %.4f at epoch %d (%.0fs)",
+        "trained %s: best valid NDCG@10 %.4f at step %d (epoch %d) of %d (%.0fs)",
         config.name,
         best_score,
-        history["best_epoch"],
-        history["train_seconds"],
+        best["step"],
+        best["epoch"],
+        step,
+        log_["train_seconds"],
     )
-    return model, history
+    return model, log_
 
 
 def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: int, cache_root: Path) -> np.ndarray:
