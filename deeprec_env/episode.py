@@ -1,0 +1,64 @@
+"""`Episode`: the record of one finished (or truncated) episode, what reward components read.
+
+The environment fills it while it runs; rewards never parse text or call the retriever themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One executed tool call: the normalised preference text and the item ids it returned, best first."""
+
+    preference: str
+    item_ids: tuple[int, ...]
+    turn: int  # 0-based index of the agent segment that made the call
+
+
+@dataclass
+class Episode:
+    """Everything the rewards and the metrics need about one episode."""
+
+    user: int
+    split: str
+    history: np.ndarray  # the user's item ids before the target, oldest first
+    target: int
+    rec_k: int
+    codec: str  # "tags" | "chat"
+    transcript: str | list[dict] = ""  # agent-side text (tags) or messages (chat) after the prompt
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    answer_lines: tuple[str, ...] | None = None  # None: the agent never answered
+    answer_ids: tuple[int | None, ...] = ()  # per answer line: matched item id, None for invalid/duplicate
+    ranked_ids: tuple[int, ...] = ()  # valid, de-duplicated answer items in order
+    n_invalid: int = 0
+    n_duplicate: int = 0
+    format_problems: tuple[str, ...] = ()
+    n_turns: int = 0  # agent segments taken
+    n_malformed: int = 0  # segments that were neither a valid tool call nor an answer
+    truncated: bool = False  # a limit (tool calls, turns, tokens) ended the episode
+    n_tokens: int = 0
+
+    @property
+    def format_ok(self) -> bool:
+        return not self.format_problems
+
+    @property
+    def retrieved(self) -> tuple[int, ...]:
+        """Every item the tool returned in this episode, first occurrence order."""
+        return tuple(dict.fromkeys(i for call in self.tool_calls for i in call.item_ids))
+
+    @property
+    def preferences(self) -> list[str]:
+        return [call.preference for call in self.tool_calls]
+
+    @property
+    def target_position(self) -> int | None:
+        """0-based position of the target in the answer list (by line, so invalid lines count), else None."""
+        for position, item in enumerate(self.answer_ids):
+            if item == self.target:
+                return position
+        return None

@@ -1,0 +1,508 @@
+"""The episode text protocol: parsing, rendering, format checks and title matching."""
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deeprec_env.data.dataset import ItemMeta, RecDataset
+from deeprec_env.protocol import (
+    ALL_TAGS,
+    FORMAT_CHECKS,
+    ITEMS_CLOSE,
+    ITEMS_OPEN,
+    PREF_CLOSE,
+    PREF_OPEN,
+    PROBLEM_ANSWER_COUNT,
+    PROBLEM_ANSWER_LENGTH,
+    PROBLEM_ANSWER_POSITION,
+    PROBLEM_NO_REASONING,
+    PROBLEM_NO_TOOL_CALL,
+    PROBLEM_PLACEHOLDER,
+    PROBLEM_ROLE_TURN,
+    PROBLEM_TAGS_IN_ANSWER,
+    PROBLEM_TOOL_COUNT,
+    PROBLEM_UNBALANCED,
+    PROMPT_END,
+    REC_CLOSE,
+    REC_OPEN,
+    THINK_CLOSE,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_SCHEMA,
+    Action,
+    AnswerMatch,
+    ChatCodec,
+    ProtocolConfig,
+    TagsCodec,
+    TitleMatcher,
+    extract_answer,
+    extract_preferences,
+    format_problems,
+    get_codec,
+    item_cards,
+    normalize_preference,
+    retrieve_tool_signature,
+)
+
+TAGS, CHAT = TagsCodec(), ChatCodec()
+CFG = ProtocolConfig()
+KINDS = {"tool_call", "answer", "malformed"}
+TITLES10 = [f"Movie {chr(65 + i)}" for i in range(10)]
+
+
+# --- parsing: tags ----------------------------------------------------------------------------------------------
+
+
+def test_tags_tool_call_round_trip():
+    action = TAGS.parse("The user likes cartoons. " + TAGS.render_tool_call('animated  "family"\n film; 1990s'))
+    assert action == Action(
+        "tool_call",
+        action.text,
+        preference="animated family film; 1990s",
+        reasoning="The user likes cartoons.",
+        end=len(action.text),
+    )
+
+
+def test_tags_uses_last_opened_preference_and_stops_at_first_close():
+    segment = f"a {PREF_OPEN} first {PREF_OPEN} second {PREF_CLOSE} trailing {PREF_OPEN} third {PREF_CLOSE}"
+    action = TAGS.parse(segment)
+    assert action.kind == "tool_call" and action.preference == "second"
+    assert segment[: action.end].endswith(PREF_CLOSE) and "third" not in segment[: action.end]
+
+
+def test_tags_answer_round_trip():
+    segment = "ranking done\n" + THINK_CLOSE + "\n" + TAGS.render_answer(["Toy Story (1995)", "Heat", "Alien"])
+    action = TAGS.parse(segment)
+    assert action.kind == "answer"
+    assert action.answer_lines == ("Toy Story (1995)", "Heat", "Alien")
+    assert action.reasoning == "ranking done"
+    assert action.end == len(segment)
+
+
+def test_answer_lines_drop_empty_lines_and_numbering_only():
+    block = f"{REC_OPEN}\n1. 2001: A Space Odyssey\n\n2) 12 Angry Men\n- Heat\n3.\n  \n2.0 Sequel\n{REC_CLOSE}"
+    assert TAGS.parse(block).answer_lines == ("2001: A Space Odyssey", "12 Angry Men", "Heat", "", "2.0 Sequel")
+
+
+def test_tags_first_closed_block_wins():
+    call_first = TAGS.parse(f"{PREF_OPEN} comedy {PREF_CLOSE} {REC_OPEN}\n1. A\n{REC_CLOSE}")
+    answer_first = TAGS.parse(f"{REC_OPEN}\n1. A\n{REC_CLOSE} {PREF_OPEN} comedy {PREF_CLOSE}")
+    assert call_first.kind == "tool_call" and answer_first.kind == "answer"
+    # An answer block opened before the call but closed after it: the call ends first (generation stops there).
+    assert TAGS.parse(f"{REC_OPEN} x {PREF_OPEN} comedy {PREF_CLOSE} {REC_CLOSE}").kind == "tool_call"
+
+
+@pytest.mark.parametrize(
+    "segment, error",
+    [
+        (f'thinking {PREF_OPEN}  " \n {PREF_CLOSE}', "empty preference"),
+        ("just some text without tags", "no action"),
+        (f"{PREF_OPEN} comedy but never closed", "no action"),
+        (f"{REC_OPEN}\n1. A\n2. B", "no action"),
+        (f"{PREF_CLOSE} close before open {PREF_OPEN}", "no action"),
+        ("", "no action"),
+    ],
+)
+def test_tags_malformed(segment, error):
+    action = TAGS.parse(segment)
+    assert action.kind == "malformed" and action.error == error and action.preference == ""
+
+
+def test_preference_normalisation_and_cap():
+    assert normalize_preference('  "sci-fi"\t;\n\n space  opera ') == "sci-fi ; space opera"
+    assert len(TAGS.parse(TAGS.render_tool_call("word " * 10_000)).preference) <= 2000
+
+
+# --- parsing: chat ----------------------------------------------------------------------------------------------
+
+
+def test_chat_tool_call_round_trip_and_qwen_format():
+    text = CHAT.render_tool_call("dark thriller; 1990s")
+    assert text == (
+        '<tool_call>\n{"name": "retrieve", "arguments": {"preference": "dark thriller; 1990s"}}\n</tool_call>'
+    )
+    action = CHAT.parse("Let me search. " + text)
+    assert (action.kind, action.preference, action.reasoning) == ("tool_call", "dark thriller; 1990s", "Let me search.")
+
+
+@pytest.mark.parametrize(
+    "segment, preference",
+    [
+        ('{"name": "retrieve", "arguments": {"preference": "space opera"}}', "space opera"),
+        ('I will call it: {"name": "retrieve", "arguments": {"preference": "noir"}} now', "noir"),
+        ('<tool_call>{"name": "retrieve", "arguments": "{\\"preference\\": \\"western\\"}"}</tool_call>', "western"),
+        ('<tool_call>{"name": "retrieve", "parameters": {"preference": "musical"}}</tool_call>', "musical"),
+    ],
+)
+def test_chat_accepts_bare_json_and_string_arguments(segment, preference):
+    action = CHAT.parse(segment)
+    assert action.kind == "tool_call" and action.preference == preference
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ('{"name": "search", "arguments": {"preference": "comedy"}}', "unknown tool 'search'"),
+        ('{"name": "retrieve", "arguments": {"preference": "comedy"}', "bad JSON"),
+        ("not json at all", "bad JSON"),
+        ('{"name": "retrieve", "arguments": {}}', "missing preference"),
+        ('{"name": "retrieve", "arguments": {"preference": 42}}', "missing preference"),
+        ('{"name": "retrieve", "arguments": {"preference": "  \\" "}}', "empty preference"),
+        ('{"name": "retrieve", "arguments": ["comedy"]}', "arguments are not an object"),
+        ('["retrieve", "comedy"]', "tool call is not a JSON object"),
+        ("[" * 100_000, "bad JSON"),  # nesting deep enough for a RecursionError in json
+    ],
+)
+def test_chat_malformed_tool_calls(body, error):
+    action = CHAT.parse(f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}")
+    assert action.kind == "malformed" and action.error == error
+
+
+def test_chat_answer_and_parse_message():
+    answer = CHAT.parse("Ranked by fit.\n" + CHAT.render_answer(["A", "B"]))
+    assert answer.kind == "answer" and answer.answer_lines == ("A", "B")
+    message = {
+        "role": "assistant",
+        "content": "Searching.",
+        "tool_calls": [{"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "jazz"}}}],
+    }
+    action = CHAT.parse_message(message)
+    assert action.kind == "tool_call" and action.preference == "jazz" and action.reasoning == "Searching."
+    assert CHAT.parse_message({"role": "assistant", "content": None}).kind == "malformed"
+    assert CHAT.parse_message({"role": "assistant", "tool_calls": "junk"}).kind == "malformed"
+
+
+def test_tool_schema_matches_transformers_and_stub_raises():
+    get_json_schema = pytest.importorskip("transformers.utils").get_json_schema
+    schema = get_json_schema(retrieve_tool_signature)
+    schema["function"]["name"] = "retrieve"
+    assert schema == TOOL_SCHEMA
+    with pytest.raises(NotImplementedError, match="environment executes"):
+        retrieve_tool_signature("comedy")
+
+
+# --- hypothesis: any string parses ------------------------------------------------------------------------------
+
+FRAGMENTS = list(ALL_TAGS) + [
+    "<|begin_of_", "end_of_item_list|>", "\n", " ", "1. ", "Assistant:", '"', "{", "}", "[", "]", ":", ",",
+    '"name"', '"retrieve"', '"arguments"', '"preference"', '"comedy"', "null", "\x00", "é", "🎬", "<", ">",
+]  # fmt: skip
+tag_soup = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=80).map("".join)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["name", "arguments", "preference", "x"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+json_calls = st.builds(
+    lambda v, wrap: f"{TOOL_CALL_OPEN}{json.dumps(v)}{TOOL_CALL_CLOSE}" if wrap else json.dumps(v),
+    json_values,
+    st.booleans(),
+)
+huge = st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=40), st.integers(1, 2500))
+any_text = st.one_of(st.text(), tag_soup, json_calls, huge)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_text)
+def test_parse_never_raises(text):
+    for codec in (TAGS, CHAT):
+        action = codec.parse(text)
+        assert action.kind in KINDS and action.text == text
+        assert 0 <= action.end <= len(text)
+        assert (action.kind == "tool_call") == bool(action.preference)
+        problems = format_problems(text, 1, 10, codec)
+        assert set(problems) <= set(FORMAT_CHECKS)
+        codec.extract_preferences(text)
+        codec.extract_answer(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="<"), max_size=60))
+def test_rendered_tool_call_always_parses(preference):
+    expected = normalize_preference(preference)
+    for codec in (TAGS, CHAT):
+        action = codec.parse(codec.render_tool_call(preference))
+        assert action.kind == ("tool_call" if expected else "malformed")
+        assert action.preference == expected
+
+
+def test_huge_adversarial_strings():
+    soup = (PREF_OPEN + REC_OPEN + "{" + TOOL_CALL_OPEN) * 25_000
+    for codec in (TAGS, CHAT):
+        start = time.perf_counter()
+        assert codec.parse(soup).kind == "malformed"
+        format_problems(soup, 0, 10, codec)
+        assert time.perf_counter() - start < 5.0
+
+
+# --- rendering --------------------------------------------------------------------------------------------------
+
+
+def test_render_tool_result_exact():
+    assert TAGS.render_tool_result(["A (1995) | X", "B"]) == f"\n{ITEMS_OPEN}\n1. A (1995) | X\n2. B\n{ITEMS_CLOSE}\n\n"
+    assert TAGS.render_tool_result([]) == f"\n{ITEMS_OPEN}\nNone\n{ITEMS_CLOSE}\n\n"
+    assert CHAT.render_tool_result(["A", "B"]) == "1. A\n2. B"
+    assert CHAT.tool_message(["A"]) == {"role": "tool", "name": "retrieve", "content": "1. A"}
+
+
+def test_tags_prompt_layout():
+    cfg = ProtocolConfig(history_items=2, rec_k=7)
+    prompt = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], cfg)
+    assert prompt.endswith("Now, let's begin.\nUser:\n1. Mid (1995)\n2. New (2000)\nAssistant:\n<think>\n")
+    assert prompt.endswith(PROMPT_END) and prompt.count(PROMPT_END) == 1
+    assert "exactly 7 titles" in prompt and PREF_OPEN in prompt and ITEMS_OPEN in prompt and REC_OPEN in prompt
+    # the example tags of the prompt are not part of the solution
+    assert extract_preferences(prompt) == [] and extract_answer(prompt) is None
+
+
+def test_chat_prompt_messages():
+    messages = CHAT.render_prompt(["A (1990)", "B (1991)"], CFG)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "1. A (1990)\n2. B (1991)" in messages[1]["content"]
+    assert REC_OPEN in messages[0]["content"] and "retrieve" in messages[0]["content"]
+
+
+def test_get_codec():
+    assert isinstance(get_codec("tags"), TagsCodec) and get_codec(CHAT) is CHAT
+    with pytest.raises(ValueError, match="env.protocol"):
+        get_codec("xml")
+
+
+# --- format checks ----------------------------------------------------------------------------------------------
+
+
+def tags_transcript(
+    calls=("animated family film; 1990s", "crime thriller; heist"),
+    final_reasoning="Item A fits best; ranking the pool.\n",
+    answer=None,
+    middle="The first pool is too childish, look for thrillers. ",
+):
+    text = TAGS.render_prompt(["Toy Story (1995) | Animation", "Heat (1995) | Action"], CFG)
+    text += "The user watches animation and crime films. "
+    for i, preference in enumerate(calls):
+        text += TAGS.render_tool_call(preference) + TAGS.render_tool_result([f"Pool{i} {j}" for j in range(3)])
+        if i < len(calls) - 1:
+            text += middle
+    text += final_reasoning + THINK_CLOSE + "\n"
+    return text + (TAGS.render_answer(TITLES10) if answer is None else answer)
+
+
+def test_extract_preferences_skips_empty_and_uses_last_open():
+    text = (
+        f"{PREF_OPEN} {PREF_CLOSE} x {PREF_OPEN} a {PREF_OPEN} b {PREF_CLOSE} {PREF_OPEN} c {PREF_CLOSE} {PREF_OPEN} d"
+    )
+    assert extract_preferences(text) == ["b", "c"]
+
+
+def test_well_formed_tags_transcript_passes():
+    transcript = tags_transcript()
+    assert format_problems(transcript, 2, 10) == []
+    assert format_problems(transcript[transcript.index(PROMPT_END) + len(PROMPT_END) :], 2, 10, TAGS) == []
+    assert extract_preferences(transcript) == ["animated family film; 1990s", "crime thriller; heist"]
+    assert extract_answer(transcript) == tuple(TITLES10)
+
+
+@pytest.mark.parametrize(
+    "transcript, n_calls, problem",
+    [
+        (tags_transcript(calls=()), 0, PROBLEM_NO_TOOL_CALL),
+        (tags_transcript(answer=TAGS.render_answer(TITLES10[:9])), 2, PROBLEM_ANSWER_LENGTH),
+        (tags_transcript(answer=TAGS.render_answer(TITLES10[:9] + [f"J {PREF_OPEN}"])), 2, PROBLEM_TAGS_IN_ANSWER),
+        (
+            tags_transcript(answer=TAGS.render_answer([*TITLES10[:9], "x end_of_item_list|>"])),
+            2,
+            PROBLEM_TAGS_IN_ANSWER,
+        ),
+        (tags_transcript(final_reasoning=" \n"), 2, PROBLEM_NO_REASONING),
+        (
+            tags_transcript(answer=TAGS.render_answer(TITLES10) + "\n" + TAGS.render_answer(TITLES10)),
+            2,
+            PROBLEM_ANSWER_COUNT,
+        ),
+        (tags_transcript(middle="Hmm.\nAssistant:\nSure, next search. "), 2, PROBLEM_ROLE_TURN),
+        (tags_transcript(final_reasoning=f"Done {PREF_OPEN} searching.\n"), 2, PROBLEM_UNBALANCED),
+        (tags_transcript(final_reasoning=f"Done {ITEMS_CLOSE} searching.\n"), 2, PROBLEM_UNBALANCED),
+        (tags_transcript(), 3, PROBLEM_TOOL_COUNT),
+        (tags_transcript(answer=TAGS.render_answer([*TITLES10[:9], "[item title]"])), 2, PROBLEM_PLACEHOLDER),
+    ],
+)
+def test_each_single_violation_is_named(transcript, n_calls, problem):
+    assert format_problems(transcript, n_calls, 10) == [problem]
+
+
+def test_answer_inside_think_and_missing_answer():
+    inside = tags_transcript(final_reasoning="Ranking.\n" + TAGS.render_answer(TITLES10) + "\n", answer="")
+    assert format_problems(inside, 2, 10) == [PROBLEM_ANSWER_POSITION]
+    truncated = tags_transcript(answer="")
+    assert format_problems(truncated, 2, 10) == [PROBLEM_ANSWER_COUNT]
+    no_think_close = tags_transcript().replace(THINK_CLOSE, "")
+    assert format_problems(no_think_close, 2, 10) == [PROBLEM_UNBALANCED, PROBLEM_ANSWER_POSITION]
+
+
+def test_hallucinated_tool_result_is_caught():
+    fake = f"{PREF_OPEN} comedy {PREF_CLOSE}\n{ITEMS_OPEN}\n1. Made Up\n{ITEMS_CLOSE}\n\nGreat. "
+    transcript = tags_transcript(middle=fake)  # the env executed only the 2 real calls
+    assert format_problems(transcript, 2, 10) == [PROBLEM_TOOL_COUNT]
+    stray_result = tags_transcript(middle=f"{ITEMS_OPEN}\n1. Made Up\n{ITEMS_CLOSE}\n")
+    assert PROBLEM_UNBALANCED in format_problems(stray_result, 2, 10)
+
+
+def test_role_words_inside_tool_results_and_titles_are_fine():
+    transcript = tags_transcript().replace("Pool0 1", "The Assistant: A Story")
+    assert format_problems(transcript, 2, 10) == []
+
+
+def chat_messages(final="Ranked by how well each fits.\n", tool_calls=True):
+    messages = CHAT.render_prompt(["A (1990)"], CFG)
+    if tool_calls:
+        call = {"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "space opera"}}}
+        messages += [
+            {"role": "assistant", "content": "The user likes sci-fi.", "tool_calls": [call]},
+            CHAT.tool_message(["Star Wars (1977) | Sci-Fi", "Dune (1984) | Sci-Fi"]),
+        ]
+    messages.append({"role": "assistant", "content": final + CHAT.render_answer(TITLES10)})
+    return messages
+
+
+def test_chat_format_checks():
+    messages = chat_messages()
+    assert format_problems(messages, 1, 10, "chat") == []
+    text = CHAT.render_messages(messages)
+    assert format_problems(text, 1, 10, CHAT) == []
+    assert CHAT.extract_preferences(messages) == ["space opera"] and CHAT.extract_answer(messages) == tuple(TITLES10)
+    assert format_problems(chat_messages(final=""), 1, 10, "chat") == [PROBLEM_NO_REASONING]
+    assert format_problems(chat_messages(tool_calls=False), 0, 10, "chat") == [PROBLEM_NO_TOOL_CALL]
+    assert format_problems(chat_messages(final="<think>Ranking. "), 1, 10, "chat") == [
+        PROBLEM_UNBALANCED,
+        PROBLEM_ANSWER_POSITION,
+    ]
+    assert format_problems(chat_messages(final="<think>Ranking.</think>\n"), 1, 10, "chat") == []
+
+
+# --- title matching ---------------------------------------------------------------------------------------------
+
+META = [
+    ItemMeta("<pad>"),
+    ItemMeta("Toy Story", 1995, ("Animation", "Children's")),  # 1
+    ItemMeta("Toy Story & Friends", 2001, ("Animation",)),  # 2
+    ItemMeta("Hamlet", 1990, ("Drama",)),  # 3
+    ItemMeta("Hamlet", 1996, ("Drama",)),  # 4
+    ItemMeta("American President, The", 1995, ("Comedy", "Romance")),  # 5
+    ItemMeta("Shawshank Redemption, The", 1994, ("Drama",)),  # 6
+    ItemMeta("Toy Story 2", 1999, ("Animation",)),  # 7
+    ItemMeta("Heat", 1995, ("Action",)),  # 8
+    ItemMeta("Seven (a.k.a. Se7en)", 1995, ("Thriller",)),  # 9
+    ItemMeta("Pokemon Snap (2000)", None, ()),  # 10: a product title with its year inside
+]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return RecDataset("small", META, [np.array([1, 2, 3])], ["u"], [""] + [str(i) for i in range(1, len(META))])
+
+
+@pytest.fixture(scope="module")
+def matcher(small):
+    return TitleMatcher(small)
+
+
+@pytest.mark.parametrize(
+    "line, item",
+    [
+        ("toy story", 1),
+        ("Toy Story (1995)", 1),
+        ("TOY-STORY", 1),
+        ("3. Toy Story", 1),
+        ("**Toy Story**", 1),
+        ("Toy Story (1995) | Animation", 1),
+        ("Toy Story (1995) | Animation, Children's", 1),
+        ("Toy Story &amp; friends", 2),
+        ("Toy Story and Friends (2001)", 2),
+        ("The American President", 5),
+        ("American President, The (1995)", 5),
+        ("The Shawshank Redemption (1994)", 6),
+        ("Seven", 9),
+        ("Seven (a.k.a. Se7en) (1995)", 9),
+        ("Pokemon Snap", 10),
+        ("Pokémon Snap (2000)", 10),  # accents are not folded, the fuzzy match (ratio 91.7) finds it
+        ("Heat (1995) - a tense crime epic", 8),
+        ("The Shawshank Rede…", 6),  # a cut card copied
+        ("Shawshank Redemtion", 6),  # fuzzy near miss
+        ("asdfgh", None),
+        ("", None),
+        ("Toy Story 3", None),  # sequel numbers never fuzzily change
+        ("Toy Story 2", 7),
+        ("Shawshank Redemption", 6),  # the trailing article dropped
+        ("American President", 5),
+        ("Heta", None),  # too short for a fuzzy match
+    ],
+)
+def test_title_matching(matcher, line, item):
+    assert matcher.match(line) == item
+
+
+def test_transposition_typo_needs_a_lower_threshold(small, matcher):
+    # "toy stroy" vs "toy story": one transposition = two indels in 18 characters, rapidfuzz ratio 88.9
+    assert matcher.match("Toy Stroy") is None
+    assert TitleMatcher(small, fuzzy_threshold=85).match("Toy Stroy") == 1
+    assert TitleMatcher(small, fuzzy_threshold=85).match("Toy Stroy", preferred={7}) == 1
+
+
+def test_equal_titles_prefer_retrieved_then_year_then_lowest_id(matcher):
+    assert matcher.match("Hamlet") == 3
+    assert matcher.match("Hamlet (1996)") == 4
+    assert matcher.match("Hamlet", preferred={4}) == 4
+    assert matcher.match("Hamlet (1990)", preferred=[4]) == 4  # retrieved in the episode beats the year
+    assert matcher.match("Hamlet (1990)", preferred={3, 4}) == 3
+    assert matcher.match("Hamlet (2005)") == 3
+
+
+def test_match_answer_counts_invalid_and_duplicates(matcher):
+    lines = ["1. Toy Story", "2. toy story (1995)", "3. asdfgh", "4. Heat", "5. Hamlet", "6. HEAT"]
+    result = matcher.match_answer(lines, preferred={4})
+    assert result == AnswerMatch((1, None, None, 8, 4, None), n_invalid=1, n_duplicate=2, ranked_ids=(1, 8, 4))
+    assert matcher.match_answer([]) == AnswerMatch((), 0, 0, ())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(max_size=300), tag_soup))
+def test_matcher_never_raises(text):
+    small_matcher = TitleMatcher(META)
+    item = small_matcher.match(text, preferred={1, 3, 99, -5})
+    assert item is None or 1 <= item < len(META)
+
+
+def test_matching_speed_on_a_17k_catalogue():
+    rng = random.Random(0)
+    words = [f"{a}{b}" for a in ("star", "moon", "dark", "red", "lost", "city", "love", "war") for b in
+             ("fall", "light", "night", "river", "storm", "heart", "road", "game", "house", "dream")]  # fmt: skip
+    titles = sorted({" ".join(rng.sample(words, rng.randint(2, 4))).title() for _ in range(40_000)})[:17_000]
+    items = [ItemMeta("<pad>")] + [ItemMeta(t, 1950 + i % 70, ("Drama",)) for i, t in enumerate(titles)]
+    big = TitleMatcher(items)
+    preferred = set(rng.sample(range(1, len(items)), 160))
+    picks = rng.sample(range(1, len(items)), 6)
+    lines = [f"{i}. {titles[p - 1]} ({1950 + (p - 1) % 70})" for i, p in enumerate(picks[:3], 1)]
+    lines += [titles[p - 1][:-2] + titles[p - 1][-1] for p in picks[3:]]  # one deleted letter -> fuzzy
+    lines += ["asdfgh qwerty", "Completely Unknown Movie", "Starlight Riverroad Lovegame Extra", "x"]
+    start = time.perf_counter()
+    result = big.match_answer(lines, preferred)
+    elapsed = time.perf_counter() - start
+    assert result.ranked_ids[:6] == tuple(picks)
+    assert elapsed < 0.5, f"10 lines took {elapsed:.3f} s"
+
+
+# --- item cards -------------------------------------------------------------------------------------------------
+
+
+def test_item_cards(small):
+    assert item_cards(small, [1, 0, 10], 80) == ["Toy Story (1995) | Animation, Children's", "Pokemon Snap (2000)"]
+    assert item_cards(small, np.array([5]), 30) == ["American President, The…"]

@@ -1,0 +1,78 @@
+"""The preference-aware TRM end to end on a small synthetic dataset with the real sentence encoder."""
+
+import numpy as np
+import pytest
+
+from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
+from deeprec_env.data.synthetic import synthetic_category_names
+from deeprec_env.evaluation import evaluate_scorer
+from deeprec_env.text import TextEncoder
+from deeprec_env.trm.model import ModelConfig
+from deeprec_env.trm.queries import category_query, query_phrasings
+from deeprec_env.trm.retriever import InProcessRetriever
+from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    cfg = DatasetConfig(
+        name="synthetic",
+        format="synthetic",
+        dir=None,
+        min_core=1,
+        files={},
+        synthetic=SyntheticConfig(n_users=300, n_items=120, n_categories=4, min_len=8, max_len=20, seed=3),
+    )
+    dataset = load_dataset(cfg, artifacts)
+    encoder = TextEncoder()
+    config = TRMConfig(
+        name="trm",
+        model=ModelConfig(max_len=10, hidden=32, n_layers=1, dropout=0.1, fuse_item_text=True, fuse_query=True),
+        train=TrainConfig(batch_size=64, max_steps=500, eval_every=100, patience=3, query_variants=2),
+    )
+    model, log = load_or_train(dataset, config, artifacts / "root", encoder, progress=False)
+    return dataset, encoder, model, config, artifacts / "root", log
+
+
+def test_category_query_steers_retrieval(trained):
+    dataset, encoder, model, *_ = trained
+    retriever = InProcessRetriever(model, encoder)
+    names = synthetic_category_names(4)
+    users = dataset.eval_users("test")[:100]
+    histories = [dataset.history_and_target(int(u), "test")[0] for u in users]
+    empty, _ = retriever.retrieve(histories, [""] * len(users), 20)
+    for name in names:
+        ids, _ = retriever.retrieve(histories, [category_query(name, "titles")] * len(users), 20)
+        with_query = np.mean([[name in dataset.items[i].categories for i in row] for row in ids])
+        without = np.mean([[name in dataset.items[i].categories for i in row] for row in empty])
+        assert with_query > max(0.5, without + 0.2), (name, with_query, without)
+
+
+def test_oracle_query_beats_empty_and_mismatched(trained):
+    dataset, encoder, model, *_ = trained
+    retriever = InProcessRetriever(model, encoder)
+    users = dataset.eval_users("valid")
+    targets = {int(u): dataset.history_and_target(int(u), "valid")[1] for u in users}
+    oracle = {u: query_phrasings(dataset, t, 1, seed=0)[0] for u, t in targets.items()}
+    shifted = dict(zip(oracle, np.roll(list(oracle.values()), 1), strict=True))
+
+    def ndcg(queries) -> float:
+        result = evaluate_scorer(retriever.scores, dataset, users, "valid", queries)
+        return float(result.per_user()["ndcg@10"].mean())
+
+    empty, with_oracle, mismatched = ndcg(lambda u: ""), ndcg(oracle.get), ndcg(shifted.get)
+    assert with_oracle > empty > mismatched, (with_oracle, empty, mismatched)
+
+
+def test_trained_trm_is_cached_with_its_encoder(trained, caplog):
+    dataset, encoder, model, config, root, log = trained
+    with caplog.at_level("INFO"):
+        again, again_log = load_or_train(dataset, config, root, encoder, progress=False)
+    assert "reusing cached trm model" in caplog.text
+    assert again_log == log
+    assert all(
+        np.array_equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="pass a text encoder"):
+        load_or_train(dataset, config, root, None)
