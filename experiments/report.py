@@ -1,0 +1,86 @@
+"""`python -m experiments.report DIR [DIR ...]`: gather `results.json` files into one markdown table and a PNG.
+
+Every directory is searched recursively for `results.json` (one object or a list of them, as written by
+`experiments.evaluate`). Writes `report.md` and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap
+intervals) into `--out` (default: the current directory) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments.common import markdown_table  # noqa: E402
+
+COLUMNS = ["recall@10", "ndcg@10", "mrr@10"]
+
+
+def load_records(directories: list[Path]) -> list[dict]:
+    records = []
+    for directory in directories:
+        for path in sorted(directory.rglob("results.json")):
+            payload = json.loads(path.read_text())
+            records += payload if isinstance(payload, list) else [payload]
+    if not records:
+        raise SystemExit(f"no results.json under {', '.join(map(str, directories))}; run experiments.evaluate first")
+    return records
+
+
+def interval(metric: dict) -> str:
+    return f"{metric['mean']:.4f} [{metric['low']:.4f}, {metric['high']:.4f}]"
+
+
+def table(records: list[dict]) -> str:
+    rows = [
+        {
+            "dataset": r["dataset"],
+            "agent": r["agent"],
+            "users": r["n_users"],
+            **{c: interval(r["metrics"][c]) for c in COLUMNS},
+        }
+        for r in records
+    ]
+    return markdown_table(rows, ["dataset", "agent", "users", *COLUMNS])
+
+
+def plot(records: list[dict], path: Path) -> None:
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        rows = [r for r in records if r["dataset"] == dataset]
+        means = [r["metrics"]["ndcg@10"]["mean"] for r in rows]
+        errors = [
+            [m - r["metrics"]["ndcg@10"]["low"] for m, r in zip(means, rows, strict=True)],
+            [r["metrics"]["ndcg@10"]["high"] - m for m, r in zip(means, rows, strict=True)],
+        ]
+        ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(rows)), [r["agent"] for r in rows], rotation=30, ha="right")
+        ax.set_title(f"{dataset} ({rows[0]['split']}, {rows[0]['n_users']} users)")
+        ax.set_ylabel("NDCG@10 (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directories", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+    records = load_records(args.directories)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = table(records)
+    (args.out / "report.md").write_text(f"# deeprec results\n\n{text}\n\n![NDCG@10](ndcg10.png)\n")
+    plot(records, args.out / "ndcg10.png")
+    print(text)
+    print(f"\nwrote {args.out / 'report.md'} and {args.out / 'ndcg10.png'}")
+
+
+if __name__ == "__main__":
+    main()
