@@ -1,12 +1,23 @@
-"""Baseline recommenders. ID-level scorers (popularity) rank the catalogue directly; the text agents that act
-through the environment join them later."""
+"""Baselines. ID-level scorers (popularity) rank the catalogue directly; text agents act through the
+environment's text interface exactly as an LLM would: they write protocol segments and read observations.
+
+Text agents (`TextAgent`): `reset(observation, info)` at the prompt, then `act(observation, info) -> segment`
+once per turn. They read the user's history from the prompt (the numbered item cards), never from the dataset's
+splits; only `oracle` is told the target (it is an upper bound).
+"""
 
 from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Scorer
+from deeprec_env.protocol import THINK_CLOSE, Codec, TitleMatcher, get_codec
+from deeprec_env.trm.queries import item_aspects, query_phrasings
 
 
 def popularity_scorer(dataset: RecDataset) -> Scorer:
@@ -18,3 +29,144 @@ def popularity_scorer(dataset: RecDataset) -> Scorer:
         return np.broadcast_to(popularity, (len(histories), len(popularity))).copy()
 
     return score
+
+
+_NUMBERED = re.compile(r"^\s*\d+\.\s+(.+?)\s*$")
+
+
+def numbered_cards(text: str) -> list[str]:
+    """The cards of a numbered list ("1. card") in order."""
+    return [m.group(1) for line in text.splitlines() if (m := _NUMBERED.match(line))]
+
+
+class TextAgent:
+    """Base class: remembers the codec and the episode's retrieved items (in retrieval order)."""
+
+    name = "agent"
+
+    def __init__(self, dataset: RecDataset, protocol: str | Codec = "tags", rec_k: int = 10, seed: int = 0):
+        self.dataset = dataset
+        self.codec = get_codec(protocol)
+        self.rec_k = rec_k
+        self.matcher = TitleMatcher(dataset)
+        self.rng = np.random.default_rng(seed)
+        self.retrieved: list[list[int]] = []
+
+    def reset(self, observation: str, info: dict) -> None:
+        self.retrieved = []
+        self.user = info.get("user")
+        self.history = self._history_from_prompt(observation, info)
+
+    def _history_from_prompt(self, observation: str, info: dict) -> list[int]:
+        """Item ids of the history cards shown in the prompt, oldest first."""
+        if info.get("messages"):
+            text = info["messages"][-1]["content"]
+        else:
+            text = observation.rsplit("User:", 1)[-1].split("Assistant:", 1)[0]
+        ids = [self.matcher.match(card) for card in numbered_cards(text)]
+        return [i for i in ids if i is not None]
+
+    def answer(self, items: Sequence[int], reasoning: str) -> str:
+        titles = [self.dataset.item_card(i).split(" | ")[0] for i in items[: self.rec_k]]
+        close = f"\n{THINK_CLOSE}" if self.codec.name == "tags" else ""
+        return f"{reasoning}{close}\n{self.codec.render_answer(titles)}"
+
+    def act(self, observation: str, info: dict) -> str:
+        raise NotImplementedError
+
+
+class RandomAgent(TextAgent):
+    """Well-formed but uninformed: one tool call with a random query, then random catalogue titles."""
+
+    name = "random"
+
+    def act(self, observation: str, info: dict) -> str:
+        if not info.get("n_tool_calls"):
+            item = int(self.rng.integers(1, self.dataset.n_items + 1))
+            return f"Let me look around.\n{self.codec.render_tool_call(query_phrasings(self.dataset, item, 1)[0])}"
+        items = self.rng.choice(np.arange(1, self.dataset.n_items + 1), self.rec_k, replace=False)
+        return self.answer([int(i) for i in items], "I will pick some titles.")
+
+
+class TRMAgent(TextAgent):
+    """One tool call with the empty query, then the TRM's top rec_k in order: the text path of `trm`."""
+
+    name = "trm-agent"
+
+    def act(self, observation: str, info: dict) -> str:
+        if not info.get("n_tool_calls"):
+            return f"I will ask the recommender without a preference.\n{self.codec.render_tool_call('')}"
+        return self.answer(info["tool_calls"][-1]["item_ids"], "The recommender's list is my answer.")
+
+
+class ScriptedAgent(TextAgent):
+    """The multi-aspect teacher (warm-start data): queries several aspects of the history, pools the results.
+
+    Queries, in order: the user's long-term aspects (most frequent over the whole shown history), the recent
+    aspects (the last few items), and a less-seen aspect (present in the history but not dominant). Pooled items
+    are ranked by weighted reciprocal-rank fusion over the calls, so items that several aspects agree on rise.
+    """
+
+    name = "scripted"
+    recent_items = 3
+    fusion_k = 10.0
+    call_weights = (1.0, 1.2, 0.6)
+
+    def plan(self) -> list[tuple[str, str]]:
+        """(reasoning, preference) per tool call."""
+        aspects = [item_aspects(self.dataset, i) for i in self.history]
+        long_term = Counter(a for per_item in aspects for a in per_item)
+        recent = Counter(a for per_item in aspects[-self.recent_items :] for a in per_item)
+        top = [a for a, _ in long_term.most_common(2)]
+        fresh = [a for a, _ in recent.most_common() if a not in top][:2] or [a for a, _ in recent.most_common(2)]
+        rare = [a for a, _ in long_term.most_common()[2:5] if a not in fresh][:1]
+        plan = []
+        if top:
+            plan.append((f"Over the whole history the user keeps coming back to {' and '.join(top)}.", "; ".join(top)))
+        if fresh:
+            plan.append((f"Lately the user has moved towards {' and '.join(fresh)}.", "; ".join(fresh + top[:1])))
+        if rare:
+            plan.append((f"Less often, the user also chose {rare[0]}; worth a look.", "; ".join(rare + fresh[:1])))
+        return plan or [("The history says little; I will ask broadly.", "popular titles")]
+
+    def act(self, observation: str, info: dict) -> str:
+        calls = info.get("n_tool_calls", 0)
+        if calls == 0:
+            self.queries = self.plan()
+        if calls < len(self.queries):
+            reasoning, preference = self.queries[calls]
+            return f"{reasoning}\n{self.codec.render_tool_call(preference)}"
+        scores: dict[int, float] = {}
+        history = set(self.history)
+        for weight, call in zip(self.call_weights, info["tool_calls"], strict=False):
+            for rank, item in enumerate(call["item_ids"]):
+                if item not in history:
+                    scores[item] = scores.get(item, 0.0) + weight / (self.fusion_k + rank)
+        ranked = sorted(scores, key=lambda i: (-scores[i], i))
+        reasoning = f"I pooled {len(scores)} items from {calls} searches and ranked those the searches agree on first."
+        return self.answer(ranked, reasoning)
+
+
+class OracleAgent(TextAgent):
+    """Knows the target (an upper bound): asks with a query built from the target's metadata, answers the top
+    results with the target first if it was retrieved."""
+
+    name = "oracle"
+
+    def __init__(self, dataset: RecDataset, target_of, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.target_of = target_of  # (user, split) -> target item id
+
+    def act(self, observation: str, info: dict) -> str:
+        target = self.target_of(info["user"], info["split"])
+        if not info.get("n_tool_calls"):
+            query = query_phrasings(self.dataset, target, 1)[0]
+            return f"The user wants {query}.\n{self.codec.render_tool_call(query)}"
+        items = list(info["tool_calls"][-1]["item_ids"])
+        if target in items:
+            items.remove(target)
+            items.insert(0, target)
+        return self.answer(items, "The best match goes first.")
+
+
+TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, OracleAgent)}

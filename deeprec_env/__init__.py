@@ -2,3 +2,7 @@
 
 Never imports agents, rewards, TRL or Ray at import time.
 """
+
+import gymnasium
+
+gymnasium.register(id="deeprec/DeepRec-v0", entry_point="deeprec_env.registration:make_env")

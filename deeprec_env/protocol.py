@@ -262,8 +262,6 @@ class TagsCodec(Codec):
         start, content_start, end = call
         preference = normalize_preference(text[content_start : end - len(PREF_CLOSE)])
         reasoning = _strip_tags(text[:start])
-        if not preference:
-            return Action("malformed", text, reasoning=reasoning, end=end, error="empty preference")
         return Action("tool_call", text, preference=preference, reasoning=reasoning, end=end)
 
     def render_tool_call(self, preference: str) -> str:
@@ -454,7 +452,7 @@ def _preference_from_call(payload: Any) -> tuple[str, str]:
     if not isinstance(preference, str):
         return "", "missing preference"
     preference = normalize_preference(preference)
-    return (preference, "") if preference else ("", "empty preference")
+    return preference, ""
 
 
 def _content_text(content: Any) -> str:
@@ -781,42 +779,57 @@ class TitleMatcher:
     def n_items(self) -> int:
         return len(self._years) - 1
 
-    def _choose(self, ids: Sequence[int], preferred: Collection[int], year: int | None) -> int:
-        return min(ids, key=lambda i: (i not in preferred, year is not None and self._years[i] != year, i))
+    def _choose(self, ids: Sequence[int], preferred: Mapping[int, int], year: int | None, used: Collection[int]) -> int:
+        """Among items with the same title: items not yet used in this answer, then retrieved items in retrieval
+        order, then the line's year, then the lowest id."""
+        return min(
+            ids,
+            key=lambda i: (
+                i in used,
+                i not in preferred,
+                preferred.get(i, 0),
+                year is not None and self._years[i] != year,
+                i,
+            ),
+        )
 
-    def match(self, line: str, preferred: Collection[int] = ()) -> int | None:
-        """The item id a line names, or None."""
+    def match(self, line: str, preferred: Collection[int] = (), used: Collection[int] = ()) -> int | None:
+        """The item id a line names, or None. `preferred`: items retrieved in the episode, best first (ties between
+        equal titles go to the earliest retrieved); `used`: items already in the answer (a second line with the same
+        title then names the next such item rather than a duplicate)."""
         line = strip_line_prefix(str(line)[:MAX_LINE_CHARS])
-        preferred = preferred if isinstance(preferred, set | frozenset | dict) else set(preferred)
+        preferred = (
+            preferred if isinstance(preferred, Mapping) else {i: r for r, i in enumerate(dict.fromkeys(preferred))}
+        )
         candidates = _cuts(line)
         for candidate in candidates:  # exact, longest candidate first
             base, year = _split_year(candidate)
             for key in (normalize_title(base), normalize_title(candidate)):
                 ids = self._index.get(key)
                 if ids:
-                    return self._choose(ids, preferred, year)
+                    return self._choose(ids, preferred, year, used)
         base, year = _split_year(candidates[-1] if " | " in line else candidates[0])
         query = normalize_title(base)
         if line.endswith(("…", "...")):
-            found = self._prefix(normalize_title(line.rstrip(".…").rstrip()), preferred, year)
+            found = self._prefix(normalize_title(line.rstrip(".…").rstrip()), preferred, year, used)
             if found is not None:
                 return found
         if len(query) < MIN_FUZZY_CHARS:
             return None
         if preferred:
             keys = sorted({k for i in preferred if 0 < i < len(self._item_keys) for k in self._item_keys[i]})
-            found = self._fuzzy(query, keys, [self._index[k] for k in keys], preferred, year)
+            found = self._fuzzy(query, keys, [self._index[k] for k in keys], preferred, year, used)
             if found is not None:
                 return found
-        return self._fuzzy(query, self._keys, self._key_ids, preferred, year)
+        return self._fuzzy(query, self._keys, self._key_ids, preferred, year, used)
 
-    def _prefix(self, prefix: str, preferred: Collection[int], year: int | None) -> int | None:
+    def _prefix(self, prefix: str, preferred: Mapping[int, int], year: int | None, used: Collection[int]) -> int | None:
         if len(prefix) < MIN_FUZZY_CHARS:
             return None
         for pool in (sorted(preferred), range(1, len(self._item_keys))):
             ids = [i for i in pool if 0 < i < len(self._item_keys) and _has_prefix(self._item_keys[i], prefix)]
             if ids:
-                return self._choose(ids, preferred, year)
+                return self._choose(ids, preferred, year, used)
         return None
 
     def _fuzzy(
@@ -824,8 +837,9 @@ class TitleMatcher:
         query: str,
         keys: Sequence[str],
         key_ids: Sequence[list[int]],
-        preferred: Collection[int],
+        preferred: Mapping[int, int],
         year: int | None,
+        used: Collection[int],
     ) -> int | None:
         if not keys:
             return None
@@ -835,17 +849,17 @@ class TitleMatcher:
         )
         for key, _score, index in hits:
             if _numerals(key) == numerals:
-                return self._choose(key_ids[index], preferred, year)
+                return self._choose(key_ids[index], preferred, year, used)
         return None
 
     def match_answer(self, lines: Sequence[str], preferred: Collection[int] = ()) -> AnswerMatch:
         """Match every line; repeats of an already matched item count as duplicates and leave their slot None."""
-        preferred = set(preferred)
+        preferred = {i: r for r, i in enumerate(dict.fromkeys(preferred))}
         ids: list[int | None] = []
         seen: set[int] = set()
         n_invalid = n_duplicate = 0
         for line in lines:
-            item = self.match(line, preferred)
+            item = self.match(line, preferred, seen)
             if item is None:
                 n_invalid += 1
             elif item in seen:

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from deeprec_env.config import text_encoder as shared_text_encoder
+from deeprec_env.config import typed
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.data.source import DatasetConfig, artifact_root, load_dataset
 from deeprec_env.trm.train import TRMConfig
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
 log = logging.getLogger("deeprec")
-
-
-def typed(schema: type, node: DictConfig):
-    """Validate a config node against its dataclass and return the dataclass instance."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 
 def dataset_config(cfg: DictConfig) -> DatasetConfig:
@@ -37,16 +33,9 @@ def prepared_dataset(cfg: DictConfig) -> tuple[RecDataset, Path]:
     return load_dataset(data_cfg, cfg.artifacts), artifact_root(cfg.artifacts, data_cfg)
 
 
-@functools.cache
-def _encoder(path: str | None, batch_size: int, max_seq_length: int):
-    from deeprec_env.text import EncoderConfig, TextEncoder
-
-    return TextEncoder(EncoderConfig(path=path, batch_size=batch_size, max_seq_length=max_seq_length))
-
-
 def text_encoder(cfg: DictConfig):
     """The sentence encoder of `cfg.text` (one instance per process)."""
-    return _encoder(cfg.text.path, cfg.text.batch_size, cfg.text.max_seq_length)
+    return shared_text_encoder(cfg.text)
 
 
 def trained_model(cfg: DictConfig, name: str, dataset: RecDataset, root: Path):

@@ -1,4 +1,5 @@
-"""`python -m experiments.evaluate dataset=NAME agent=pop|sasrec` (or `agent=[pop,sasrec]`).
+"""`python -m experiments.evaluate dataset=NAME agent=pop|sasrec` (or `agent=[pop,sasrec]`), including the text agents
+(random, trm-agent, scripted, oracle) that act through the environment on the same users.
 
 Prepares whatever is missing (through the cache), evaluates every agent on the same users of the split with
 full ranking, prints a markdown table with 95% bootstrap intervals and writes `results.json` in the run
@@ -17,12 +18,31 @@ from omegaconf import DictConfig, ListConfig
 from agents.baselines import popularity_scorer
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
-from deeprec_env.metrics import coverage, intra_list_diversity, long_tail_share, paired_difference, summarize
+from deeprec_env.metrics import (
+    coverage,
+    intra_list_diversity,
+    list_ranks,
+    long_tail_share,
+    paired_difference,
+    summarize,
+)
 from deeprec_env.trm.retriever import InProcessRetriever
 from experiments.common import CONFIG_PATH, markdown_table, run_dir, text_encoder, trained_model, write_json
 from experiments.prepare import prepare
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
+TABLE_COLUMNS = [
+    "agent",
+    "users",
+    *REPORTED,
+    "coverage@10",
+    "long-tail",
+    "turns",
+    "tool_calls",
+    "invalid_rate",
+    "format_ok",
+    "reward",
+]
 
 
 def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
@@ -54,6 +74,54 @@ def agent_scorers(cfg: DictConfig, dataset: RecDataset, root, users: np.ndarray)
     }
 
 
+def text_agent_evaluation(cfg: DictConfig, dataset: RecDataset, env, users: np.ndarray, agent: str):
+    """Run a text agent through the environment on `users`: its Evaluation (answers matched to item ids) and
+    per-user episode statistics."""
+    from agents.baselines import TEXT_AGENTS
+    from agents.rollout import rollout, vector_env
+
+    extra = {"target_of": lambda user, split: dataset.history_and_target(user, split)[1]} if agent == "oracle" else {}
+
+    def make_agent():
+        return TEXT_AGENTS[agent](dataset, protocol=env.codec, rec_k=env.config.rec_k, seed=cfg.seed, **extra)
+
+    episodes, rewards = rollout(vector_env(env, cfg.eval.n_envs), make_agent, users, cfg.split)
+    lists = np.zeros((len(episodes), cfg.eval.list_k), dtype=np.int64)
+    for row, episode in enumerate(episodes):
+        ranked = episode.ranked_ids[: cfg.eval.list_k]
+        lists[row, : len(ranked)] = ranked
+    ranks = list_ranks([e.ranked_ids for e in episodes], [e.target for e in episodes])
+    rec_k = env.config.rec_k
+    stats = {
+        "reward": np.asarray(rewards),
+        "format_ok": np.array([e.format_ok for e in episodes], dtype=float),
+        "turns": np.array([e.n_turns for e in episodes], dtype=float),
+        "tool_calls": np.array([len(e.tool_calls) for e in episodes], dtype=float),
+        "invalid_rate": np.array([e.n_invalid / rec_k for e in episodes]),
+        "duplicate_rate": np.array([e.n_duplicate / rec_k for e in episodes]),
+        "truncated": np.array([e.truncated for e in episodes], dtype=float),
+    }
+    if "user_preferences" in dataset.extras:
+        stats |= latent_category_recovery(dataset, episodes)
+    return Evaluation(users, ranks, lists), stats
+
+
+def latent_category_recovery(dataset: RecDataset, episodes) -> dict[str, np.ndarray]:
+    """Synthetic data: precision and recall of the categories an agent's queries name against the user's true
+    (latent) categories."""
+    from deeprec_env.data.synthetic import synthetic_category_names
+
+    names = synthetic_category_names(dataset.extras["user_preferences"].shape[1])
+    precision, recall = [], []
+    for episode in episodes:
+        true = {n for n, w in zip(names, dataset.extras["user_preferences"][episode.user], strict=True) if w > 0}
+        text = " ".join(episode.preferences).lower()
+        named = {n for n in names if n.lower() in text}
+        precision.append(len(named & true) / len(named) if named else np.nan)
+        recall.append(len(named & true) / len(true))
+    return {"query_category_precision": np.array(precision), "query_category_recall": np.array(recall)}
+
+
 def evaluation_users(cfg: DictConfig, dataset: RecDataset) -> np.ndarray:
     """All users with a target in the split, or a fixed seeded sample of `eval.max_users`."""
     users = dataset.eval_users(cfg.split)
@@ -62,7 +130,9 @@ def evaluation_users(cfg: DictConfig, dataset: RecDataset) -> np.ndarray:
     return users
 
 
-def result_record(cfg: DictConfig, dataset: RecDataset, agent: str, outcome: Evaluation) -> dict:
+def result_record(
+    cfg: DictConfig, dataset: RecDataset, agent: str, outcome: Evaluation, episode_stats: dict | None = None
+) -> dict:
     """The `results.json` object for one agent: accuracy and beyond-accuracy metrics with intervals."""
     lists = outcome.lists[:, : cfg.eval.list_k]
     beyond = {
@@ -76,7 +146,7 @@ def result_record(cfg: DictConfig, dataset: RecDataset, agent: str, outcome: Eva
         "n_users": int(len(outcome.users)),
         "metrics": summarize(outcome.per_user(), cfg.eval.bootstrap, seed=cfg.seed),
         "beyond": {"coverage": coverage(lists, dataset.n_items)} | summarize(beyond, cfg.eval.bootstrap, seed=cfg.seed),
-    }
+    } | ({"episode": summarize(episode_stats, cfg.eval.bootstrap, seed=cfg.seed)} if episode_stats else {})
 
 
 def table_row(record: dict) -> dict:
@@ -86,6 +156,8 @@ def table_row(record: dict) -> dict:
         row[name] = f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
     row["coverage@10"] = record["beyond"]["coverage"]
     row["long-tail"] = record["beyond"]["long_tail_share"]["mean"]
+    for name in ("turns", "tool_calls", "invalid_rate", "format_ok", "reward"):
+        row[name] = record["episode"][name]["mean"] if "episode" in record else ""
     return row
 
 
@@ -104,18 +176,27 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     dataset, root = prepare(cfg, models=[])
     users = evaluation_users(cfg, dataset)
     builders = agent_scorers(cfg, dataset, root, users)
-    unknown = [a for a in agents if a not in builders]
+    from agents.baselines import TEXT_AGENTS
+
+    unknown = [a for a in agents if a not in builders and a not in TEXT_AGENTS]
     if unknown:
-        raise SystemExit(f"unknown agent {unknown[0]!r}; choose from {', '.join(builders)}")
-    outcomes = {}
+        raise SystemExit(f"unknown agent {unknown[0]!r}; choose from {', '.join([*builders, *TEXT_AGENTS])}")
+    outcomes, stats, env = {}, {}, None
     for agent in agents:
+        if agent in TEXT_AGENTS:
+            if env is None:
+                from deeprec_env.registration import build_env
+
+                env = build_env(cfg, split=cfg.split)
+            outcomes[agent], stats[agent] = text_agent_evaluation(cfg, dataset, env, users, agent)
+            continue
         scorer, queries = builders[agent]()
         outcomes[agent] = evaluate_scorer(
             scorer, dataset, users, cfg.split, queries, cfg.eval.exclude_history, cfg.eval.batch_size, progress=True
         )
-    records = [result_record(cfg, dataset, agent, outcome) for agent, outcome in outcomes.items()]
+    records = [result_record(cfg, dataset, agent, outcomes[agent], stats.get(agent)) for agent in agents]
     print(f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
-    print(markdown_table([table_row(r) for r in records], ["agent", "users", *REPORTED, "coverage@10", "long-tail"]))
+    print(markdown_table([table_row(r) for r in records], TABLE_COLUMNS))
 
     out = run_dir()
     write_json(out / "results.json", records[0] if len(records) == 1 else records)
@@ -123,7 +204,9 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         per_user = {agent: outcome.per_user() for agent, outcome in outcomes.items()}
         comparisons = {
             f"{later}-vs-{earlier}": {
-                name: paired_difference(per_user[later][name], per_user[earlier][name], cfg.eval.bootstrap, cfg.seed)
+                name: paired_difference(
+                    per_user[later][name], per_user[earlier][name], cfg.eval.bootstrap, seed=cfg.seed
+                )
                 for name in REPORTED
             }
             for i, earlier in enumerate(agents)

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from experiments.common import CONFIG_PATH, markdown_table, run_dir
-from experiments.evaluate import REPORTED, evaluate, table_row
+from experiments.evaluate import TABLE_COLUMNS, evaluate, table_row
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.agent = list(cfg.pipeline.agents)
     records = evaluate(cfg)
-    table = markdown_table([table_row(r) for r in records], ["agent", "users", *REPORTED, "coverage@10", "long-tail"])
+    table = markdown_table([table_row(r) for r in records], TABLE_COLUMNS)
     report = run_dir() / "report.md"
     report.write_text(
         f"# deeprec demo: {records[0]['dataset']}\n\n"

@@ -197,6 +197,9 @@ def test_evaluate_cli_writes_results(tmp_path):
         assert {"recall@1", "recall@20", "ndcg@20", "mrr@10"} <= set(record["metrics"])
     comparisons = json.loads((run / "comparisons.json").read_text())
     assert set(comparisons["sasrec-vs-pop"]["ndcg@10"]) == {"mean", "low", "high", "excludes_zero"}
+    for diffs in comparisons.values():
+        for diff in diffs.values():
+            assert diff["low"] <= diff["mean"] <= diff["high"]
 
 
 def test_unknown_agent_is_one_clear_line(tmp_path):

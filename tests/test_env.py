@@ -1,0 +1,574 @@
+"""DeepRecEnv / DeepRecVectorEnv: gymnasium API, the scripted protocol for both codecs, limits, fuzzing, reward
+timing, batched retrieval and registration."""
+
+import json
+import math
+import time
+import zlib
+from types import SimpleNamespace
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import deeprec_env  # noqa: F401  (registers deeprec/DeepRec-v0)
+from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
+from deeprec_env.env import DeepRecEnv, DeepRecVectorEnv, EnvConfig, TextSpace
+from deeprec_env.protocol import (
+    ITEMS_CLOSE,
+    ITEMS_OPEN,
+    PREF_CLOSE,
+    PREF_OPEN,
+    REC_CLOSE,
+    REC_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_OPEN,
+    TOOL_SCHEMA,
+    ChatCodec,
+    TagsCodec,
+)
+from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+from deeprec_env.trm.retriever import InProcessRetriever
+
+TEXT_DIM = 8
+TAGS, CHAT = TagsCodec(), ChatCodec()
+SYNTHETIC = DatasetConfig(
+    name="synthetic",
+    format="synthetic",
+    dir=None,
+    min_core=1,
+    files={},
+    synthetic=SyntheticConfig(n_users=60, n_items=80, n_categories=4, min_len=6, max_len=15, seed=0),
+)
+
+
+class HashEncoder:
+    """Deterministic: each word maps to a fixed random vector (seeded by its CRC32); "" is the zero vector."""
+
+    dim = TEXT_DIM
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
+            norm = np.linalg.norm(out[row])
+            if norm > 0:
+                out[row] /= norm
+        return out
+
+
+class CountingRetriever:
+    """Delegates to a retriever and records the batch size of every call."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.batches: list[int] = []
+
+    @property
+    def n_items(self):
+        return self.inner.n_items
+
+    def retrieve(self, histories, queries, k, exclude_history=True):
+        self.batches.append(len(histories))
+        return self.inner.retrieve(histories, queries, k, exclude_history)
+
+
+class FakeReward:
+    """Process terms: `calls` (0.5 per tool call, at most 2 paid) and `format` (-1 unless the format is valid);
+    outcome terms (gated by the format): `listed` (0.125 per valid listed item) and `hit` (1 if the target is
+    listed). Dyadic values, so sums are exact. Counts its calls."""
+
+    levels = {"calls": "process", "format": "process", "listed": "outcome", "hit": "outcome"}
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, episode):
+        self.calls += 1
+        ok = episode.format_ok
+        terms = {
+            "calls": 0.5 * min(len(episode.tool_calls), 2),
+            "format": 0.0 if ok else -1.0,
+            "listed": 0.125 * len(episode.ranked_ids) if ok else 0.0,
+            "hit": 1.0 if ok and episode.target in episode.ranked_ids else 0.0,
+        }
+        return SimpleNamespace(total=sum(terms.values()), terms=terms)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return load_dataset(SYNTHETIC, tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="module")
+def retriever(dataset):
+    torch.manual_seed(0)
+    item_text = torch.randn(dataset.n_items + 1, TEXT_DIM)
+    item_text[0] = 0
+    config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
+    model = SequentialRecommender(dataset.n_items, config, item_text).eval()
+    return InProcessRetriever(model, HashEncoder())
+
+
+def make_env(dataset, retriever, reward=None, render_mode=None, **config):
+    return DeepRecEnv(dataset, retriever, reward, config=EnvConfig(**config), render_mode=render_mode)
+
+
+def title(dataset, item):
+    meta = dataset.items[item]
+    return f"{meta.title} ({meta.year})" if meta.year is not None else meta.title
+
+
+def answer_titles(dataset, info, n_valid=8):
+    """n_valid titles of retrieved items, one unknown title, one repeat of the first: rec_k = n_valid + 2 lines."""
+    pool = list(dict.fromkeys(i for call in info["tool_calls"] for i in call["item_ids"]))
+    chosen = pool[:n_valid]
+    lines = [title(dataset, i) for i in chosen] + ["Zzyzx Qqwerty Unfindable", title(dataset, chosen[0])]
+    return chosen, lines
+
+
+# --- gymnasium API --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_check_env_passes(dataset, retriever, protocol):
+    env = make_env(dataset, retriever, FakeReward(), protocol=protocol)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_check_env_passes_through_gymnasium_make(dataset, retriever, protocol):
+    """With a spec, check_env also runs the seeded-determinism, render-mode and close checks."""
+    env_id = f"deeprec-test/Local-{protocol}-v0"
+    gymnasium.register(env_id, entry_point=lambda **kw: make_env(dataset, retriever, FakeReward(), **kw))
+    try:
+        env = gymnasium.make(env_id, protocol=protocol)
+        check_env(env.unwrapped)
+        env = gymnasium.make(env_id, protocol=protocol, render_mode="ansi")
+        obs, _ = env.reset(seed=0)
+        env.step("thinking")
+        text = env.render()
+        assert isinstance(text, str) and ("thinking" in text) and (protocol == "chat" or text.startswith(obs))
+    finally:
+        gymnasium.registry.pop(env_id, None)
+
+
+def test_text_space_accepts_any_string():
+    space = TextSpace(max_length=10)
+    assert "Amélie 中文 🙂 <|x|>" not in space  # 17 characters
+    assert "Amélie 🙂" in space and "" in space and 3 not in space and b"abc" not in space
+    space = TextSpace()
+    space.seed(0)
+    samples = [space.sample() for _ in range(20)]
+    space.seed(0)
+    assert samples == [space.sample() for _ in range(20)] and all(s in space for s in samples)
+
+
+def test_reset_is_seeded_and_renders_history(dataset, retriever):
+    env = make_env(dataset, retriever)
+    users = [env.reset(seed=7)[1]["user"] for _ in range(3)]
+    assert len(set(users)) == 1
+    sampled = [env.reset()[1]["user"] for _ in range(20)]
+    assert len(set(sampled)) > 1 and set(sampled) <= set(dataset.eval_users("test").tolist())
+    obs, info = env.reset(options={"user": 5, "split": "valid"})
+    history, target = dataset.history_and_target(5, "valid")
+    assert (info["user"], info["split"], info["turn"], info["n_tool_calls"]) == (5, "valid", 0, 0)
+    assert "target" not in info and "episode" not in info
+    for i, item in enumerate(history[-20:], start=1):
+        assert f"{i}. {dataset.item_card(int(item), 80)}" in obs
+    assert obs.endswith(f"{THINK_OPEN}\n")
+
+
+# --- scripted episodes ----------------------------------------------------------------------------------------
+
+
+def test_tags_happy_path(dataset, retriever):
+    reward = FakeReward()
+    env = make_env(dataset, retriever, reward, protocol="tags")
+    obs, info = env.reset(seed=0, options={"user": 3})
+    history, target = dataset.history_and_target(3, "test")
+
+    segment = f"The user likes westerns. {PREF_OPEN} western; showdown {PREF_CLOSE} trailing junk the env drops"
+    obs, r, term, trunc, info = env.step(segment)
+    assert (r, term, trunc) == (0.0, False, False) and info["action"] == "tool_call"
+    assert obs.startswith(f"\n{ITEMS_OPEN}\n1. ") and obs.rstrip().endswith(ITEMS_CLOSE)
+    assert len([line for line in obs.splitlines() if line[:1].isdigit()]) == 20
+    assert info["n_tool_calls"] == 1 and info["tool_calls"][0]["preference"] == "western; showdown"
+    first = info["tool_calls"][0]["item_ids"]
+    assert len(first) == 20 and not set(first) & set(history.tolist())
+    assert "trailing junk" not in env.episode.transcript
+
+    obs, r, term, trunc, info = env.step(f"Good. Now cooking. {PREF_OPEN} cooking; market {PREF_CLOSE}")
+    assert not term and not trunc and len(info["tool_calls"][1]["item_ids"]) == 20
+    assert [c.turn for c in env.episode.tool_calls] == [0, 1]
+    assert [c.preference for c in env.episode.tool_calls] == ["western; showdown", "cooking; market"]
+    assert reward.calls == 0  # terminal mode: the reward is computed once, at the end
+
+    chosen, lines = answer_titles(dataset, info)
+    obs, r, term, trunc, info = env.step(f"Ranking the westerns first.\n{THINK_CLOSE}\n{TAGS.render_answer(lines)}")
+    assert (obs, term, trunc) == ("", True, False) and info["action"] == "answer"
+    episode = info["episode"]
+    assert info["answer"]["ranked_ids"] == chosen and list(episode.ranked_ids) == chosen
+    assert info["answer"]["item_ids"] == [*chosen, None, None]
+    assert (info["n_invalid"], info["n_duplicate"]) == (1, 1)
+    assert info["format_problems"] == [] and episode.format_ok
+    assert info["retrieved"] == list(episode.retrieved) and episode.target == target
+    assert reward.calls == 1 and r == info["reward_total"] == sum(info["reward_terms"].values())
+    assert info["reward_terms"]["calls"] == 1.0 and info["reward_terms"]["listed"] == 1.0
+    assert episode.n_turns == 3 and episode.n_malformed == 0 and not episode.truncated
+
+
+def test_chat_happy_path(dataset, retriever):
+    reward = FakeReward()
+    env = make_env(dataset, retriever, reward, protocol="chat")
+    obs, info = env.reset(seed=0, options={"user": 3})
+    messages = json.loads(obs)
+    assert messages == info["messages"] and [m["role"] for m in messages] == ["system", "user"]
+    assert info["tools"] == [TOOL_SCHEMA]
+    history, _ = dataset.history_and_target(3, "test")
+    assert dataset.item_card(int(history[-1]), 80) in messages[1]["content"]
+
+    obs, r, term, trunc, info = env.step("The user likes westerns. " + CHAT.render_tool_call("western; showdown"))
+    (tool,) = json.loads(obs)
+    assert tool["role"] == "tool" and len(tool["content"].splitlines()) == 20
+    assert info["messages"][-2]["role"] == "assistant" and info["messages"][-1] == tool
+    assert not term and not trunc and info["n_tool_calls"] == 1
+
+    obs, r, term, trunc, info = env.step("Now cooking. " + CHAT.render_tool_call("cooking; market"))
+    chosen, lines = answer_titles(dataset, info)
+    obs, r, term, trunc, info = env.step("Westerns first, they fit best.\n" + CHAT.render_answer(lines))
+    assert term and not trunc and info["format_problems"] == []
+    assert info["answer"]["ranked_ids"] == chosen and (info["n_invalid"], info["n_duplicate"]) == (1, 1)
+    assert reward.calls == 1 and r == info["reward_total"]
+    transcript = info["episode"].transcript
+    assert [m["role"] for m in transcript] == ["assistant", "tool", "assistant", "tool", "assistant"]
+
+
+def test_malformed_segment_gets_a_hint_and_counts(dataset, retriever):
+    for protocol in ("tags", "chat"):
+        env = make_env(dataset, retriever, protocol=protocol)
+        env.reset(seed=1)
+        obs, r, term, trunc, info = env.step("I am just thinking out loud")
+        text = json.loads(obs)[0]["content"] if protocol == "chat" else obs
+        assert "\n" not in text and "Expected" in text and REC_OPEN in text
+        assert (r, term, trunc, info["action"], info["error"]) == (0.0, False, False, "malformed", "no action")
+        assert env.episode.n_malformed == 1 and info["turn"] == 1
+
+
+# --- limits ---------------------------------------------------------------------------------------------------
+
+
+def call(protocol, preference="comedy"):
+    return (TAGS if protocol == "tags" else CHAT).render_tool_call(preference)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_tool_call_limit_truncates(dataset, retriever, protocol):
+    reward = FakeReward()
+    env = make_env(dataset, retriever, reward, protocol=protocol, max_tool_calls=2)
+    env.reset(seed=0)
+    for preference in ("comedy", "drama"):
+        assert env.step(call(protocol, preference))[2:4] == (False, False)
+    obs, r, term, trunc, info = env.step(call(protocol, "one too many"))
+    assert (obs, term, trunc, info["truncated_by"]) == ("", False, True, "max_tool_calls")
+    assert info["n_tool_calls"] == 2 and info["episode"].truncated and info["format_problems"]
+    assert r == reward(info["episode"]).total == 1.0 + -1.0  # calls paid, format failed, outcome gated
+    assert env.step("after the end") == ("", 0.0, False, True, env._info())
+    assert env.step(call(protocol))[1:4] == (0.0, False, True)
+
+
+def test_turn_limit_truncates(dataset, retriever):
+    env = make_env(dataset, retriever, max_turns=3)
+    env.reset(seed=0)
+    assert env.step("thinking")[2:4] == (False, False)
+    assert env.step(call("tags"))[2:4] == (False, False)
+    obs, r, term, trunc, info = env.step("still thinking")
+    assert (term, trunc, info["truncated_by"], info["turn"]) == (False, True, "max_turns", 3)
+    assert env.episode.n_malformed == 2 and "no tool call" not in info["format_problems"]
+
+
+def test_answer_on_the_last_turn_is_accepted(dataset, retriever):
+    env = make_env(dataset, retriever, max_turns=2)
+    env.reset(seed=0)
+    env.step(call("tags"))
+    obs, r, term, trunc, info = env.step(f"Done.\n{THINK_CLOSE}\n{TAGS.render_answer(['A'])}")
+    assert (term, trunc) == (True, False)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_huge_action_truncates_via_token_cap(dataset, retriever, protocol):
+    env = make_env(dataset, retriever, FakeReward(), protocol=protocol)
+    env.reset(seed=0)
+    for huge in ("x" * 1_000_000, call(protocol, "y " * 500_000)):
+        env.reset(seed=0)
+        started = time.perf_counter()
+        obs, r, term, trunc, info = env.step(huge)
+        assert time.perf_counter() - started < 10
+        assert (obs, term, trunc, info["truncated_by"]) == ("", False, True, "max_episode_tokens")
+        assert math.isfinite(r) and info["n_tool_calls"] == 0 and env.episode.n_tokens <= 8192
+        assert env.step(huge)[1:4] == (0.0, False, True)
+
+
+def test_token_cap_counts_observations_with_a_custom_counter(dataset, retriever):
+    words = lambda text: len(text.split())  # noqa: E731
+    env = DeepRecEnv(dataset, retriever, config=EnvConfig(max_episode_tokens=1000), count_tokens=words)
+    _, info = env.reset(seed=0)
+    prompt_tokens = info["n_tokens"]
+    obs, r, term, trunc, info = env.step(call("tags"))
+    assert info["n_tokens"] == prompt_tokens + words(call("tags")) + words(obs)
+    for _ in range(6):
+        obs, r, term, trunc, info = env.step(call("tags", "more"))
+        if trunc:
+            break
+    assert trunc and info["truncated_by"] == "max_episode_tokens" and obs.startswith(f"\n{ITEMS_OPEN}")
+
+
+def test_non_string_actions_are_coerced(dataset, retriever):
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no")
+
+    env = make_env(dataset, retriever)
+    env.reset(seed=0)
+    for action in (None, 42, b"\xff", ["a", PREF_OPEN], Unprintable()):
+        obs, r, term, trunc, info = env.step(action)
+        assert isinstance(obs, str) and info["action"] == "malformed"
+
+
+def test_step_before_reset_is_a_clear_error(dataset, retriever):
+    with pytest.raises(RuntimeError, match="reset"):
+        make_env(dataset, retriever).step("x")
+
+
+def test_bad_config_is_one_clear_error(dataset, retriever):
+    with pytest.raises(ValueError, match="protocol"):
+        make_env(dataset, retriever, protocol="xml")
+    with pytest.raises(ValueError, match="reward_mode"):
+        make_env(dataset, retriever, reward_mode="sometimes")
+    with pytest.raises(ValueError, match="reward_levels"):
+        make_env(dataset, retriever, lambda ep: None, reward_mode="per_turn")
+
+
+# --- fuzzing --------------------------------------------------------------------------------------------------
+
+FRAGMENTS = [
+    THINK_OPEN, THINK_CLOSE, PREF_OPEN, PREF_CLOSE, ITEMS_OPEN, ITEMS_CLOSE, REC_OPEN, REC_CLOSE, TOOL_CALL_OPEN,
+    TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN, '{"name": "retrieve", "arguments": {"preference": ', '"comedy"}}', '"}',
+    "{", "}", "[" * 2000, "\n", "1. ", "Kitchen Feast (1986)", "Coyote Showdown", "\x00", "🙂", "Assistant:", "…",
+]  # fmt: skip
+EXPANSIONS = {
+    "<HUGE>": "x" * 300_000,
+    "<HUGE_CALL>": TAGS.render_tool_call("y " * 100_000),
+    "<MANY_TAGS>": PREF_OPEN * 5000 + PREF_CLOSE + REC_OPEN + "\n" * 1000 + REC_CLOSE,
+}
+SEGMENTS = st.one_of(
+    st.text(max_size=200),
+    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=12)), max_size=40).map("".join),
+    st.sampled_from(["", " ", "<HUGE>", "<HUGE_CALL>", "<MANY_TAGS>"]),  # expanded in the test (short reprs)
+    st.builds(lambda p: TAGS.render_tool_call(p), st.text(max_size=50)),
+    st.builds(lambda p: CHAT.render_tool_call(p), st.text(max_size=50)),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_envs(dataset, retriever):
+    return {p: make_env(dataset, retriever, FakeReward(), protocol=p, reward_mode="per_turn") for p in ("tags", "chat")}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(protocol=st.sampled_from(["tags", "chat"]), segments=st.lists(SEGMENTS, min_size=1, max_size=7))
+def test_arbitrary_text_never_raises(fuzz_envs, protocol, segments):
+    env = fuzz_envs[protocol]
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    total, ended = 0.0, False
+    for segment in segments:
+        segment = EXPANSIONS.get(segment, segment)
+        obs, reward, term, trunc, info = env.step(segment)
+        assert obs in env.observation_space and isinstance(obs, str)
+        assert isinstance(reward, float) and math.isfinite(reward)
+        assert type(term) is bool and type(trunc) is bool and isinstance(info, dict)
+        if ended:  # steps after the end are inert
+            assert (obs, reward, term or trunc) == ("", 0.0, True)
+            continue
+        total += reward
+        if term or trunc:
+            ended = True
+            assert total == info["reward_total"]
+            assert info["episode"].n_turns <= env.config.max_turns
+
+
+# --- reward timing --------------------------------------------------------------------------------------------
+
+
+def scripted(env, dataset, protocol):
+    codec = TAGS if protocol == "tags" else CHAT
+    env.reset(seed=0, options={"user": 11})
+    rewards = []
+    for step_text in ("thinking first", codec.render_tool_call("western"), codec.render_tool_call("cooking")):
+        _, r, _, _, info = env.step("Reasoning. " + step_text)
+        rewards.append(r)
+    _, lines = answer_titles(dataset, info)
+    close = f"{THINK_CLOSE}\n" if protocol == "tags" else ""
+    _, r, term, _, info = env.step(f"Final ranking.\n{close}{codec.render_answer(lines)}")
+    assert term and info["format_problems"] == []
+    return rewards + [r], info
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_per_turn_pays_process_terms_early_and_sums_to_terminal(dataset, retriever, protocol):
+    terminal, info_t = scripted(make_env(dataset, retriever, FakeReward(), protocol=protocol), dataset, protocol)
+    per_turn, info_p = scripted(
+        make_env(dataset, retriever, FakeReward(), protocol=protocol, reward_mode="per_turn"), dataset, protocol
+    )
+    assert terminal[:3] == [0.0, 0.0, 0.0] and terminal[3] == info_t["reward_total"]
+    assert per_turn[:3] == [0.0, 0.5, 0.5]  # the calls term, paid at the tool-call steps
+    assert sum(per_turn) == sum(terminal) == info_p["reward_total"] == info_t["reward_total"]
+    assert info_p["reward_terms"] == info_t["reward_terms"]
+
+
+def test_per_turn_sum_is_exact_for_a_truncated_episode(dataset, retriever):
+    levels = {"a": "process", "b": "outcome"}
+
+    def reward(episode):
+        a = 0.1 * len(episode.tool_calls) + (0.0 if episode.format_ok else -0.3)
+        return SimpleNamespace(total=a + 0.7, terms={"a": a, "b": 0.7})
+
+    env = DeepRecEnv(dataset, retriever, reward, levels, EnvConfig(reward_mode="per_turn", max_tool_calls=3))
+    env.reset(seed=2)
+    paid = []
+    while True:
+        _, r, term, trunc, info = env.step(call("tags", f"query {len(paid)}"))
+        paid.append(r)
+        if term or trunc:
+            break
+    assert paid[0] == pytest.approx(0.1) and sum(paid) == info["reward_total"]
+
+
+# --- vector env -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_vector_env_batches_tool_calls(dataset, retriever, protocol):
+    counting = CountingRetriever(retriever)
+    vec = DeepRecVectorEnv(dataset, counting, 4, FakeReward(), config=EnvConfig(protocol=protocol))
+    users = [0, 7, 21, 33]
+    obs, infos = vec.reset(seed=0, options={"users": users})
+    assert [i["user"] for i in infos] == users
+    actions = [call(protocol, "western"), call(protocol, "cooking"), "only thinking", call(protocol, "racing")]
+    obs, rewards, term, trunc, infos = vec.step(actions)
+    assert counting.batches == [3]
+    single = make_env(dataset, retriever, FakeReward(), protocol=protocol)
+    for i, user in enumerate(users):
+        single.reset(options={"user": user})
+        s_obs, s_r, s_term, s_trunc, s_info = single.step(actions[i])
+        assert obs[i] == s_obs and (rewards[i], term[i], trunc[i]) == (s_r, s_term, s_trunc)
+        assert infos[i]["tool_calls"] == s_info["tool_calls"]
+
+    finish = [f"{THINK_CLOSE}\n{REC_OPEN}\n1. x\n{REC_CLOSE}" if protocol == "tags" else CHAT.render_answer(["x"])]
+    obs, rewards, term, trunc, infos = vec.step(finish + [call(protocol, "again")] * 3)
+    assert counting.batches == [3, 3] and term[0] and not any(term[1:])
+    obs, rewards, term, trunc, infos = vec.step([call(protocol, "after end")] + ["thinking"] * 3)
+    assert counting.batches == [3, 3] and (obs[0], rewards[0], term[0]) == ("", 0.0, True)
+    with pytest.raises(ValueError, match="4 actions"):
+        vec.step(["a"])
+
+
+def test_vector_env_is_deterministic_for_a_seed(dataset, retriever):
+    runs = []
+    for _ in range(2):
+        vec = DeepRecVectorEnv(dataset, retriever, 3, config=EnvConfig(reward_mode="per_turn"))
+        obs, infos = vec.reset(seed=123)
+        step = vec.step([call("tags", "western"), call("tags", "sci-fi"), "hmm"])
+        runs.append((obs, [i["user"] for i in infos], step[0], step[1], [i["tool_calls"] for i in step[4]]))
+    assert runs[0] == runs[1]
+    assert len(set(runs[0][1])) > 1  # sub-envs get different seeds
+
+
+# --- registration ---------------------------------------------------------------------------------------------
+
+
+def test_registered_with_gymnasium():
+    spec = gymnasium.spec("deeprec/DeepRec-v0")
+    assert spec.entry_point == "deeprec_env.registration:make_env"
+
+
+def test_make_env_rejects_unknown_arguments():
+    from deeprec_env.registration import make_env as factory
+
+    with pytest.raises(TypeError, match="recal_k"):
+        factory(dataset="synthetic", recal_k=5)
+
+
+SMALL = [
+    "dataset.synthetic.n_users=60",
+    "dataset.synthetic.n_items=80",
+    "trm.train.max_steps=20",
+    "trm.train.eval_every=10",
+    "trm.train.valid_users=50",
+]
+
+
+@pytest.fixture(scope="module")
+def small_artifacts(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("make-env-artifacts"))
+
+
+def test_make_env_builds_a_working_env_on_synthetic(small_artifacts):
+    """The registered factory end to end (loads the bundled sentence encoder, trains a 20-step TRM: ~15 s)."""
+    from deeprec_env.trm.retriever import InProcessRetriever
+
+    env = gymnasium.make(
+        "deeprec/DeepRec-v0",
+        dataset="synthetic",
+        reward=None,
+        artifacts=small_artifacts,
+        hydra_overrides=SMALL,
+        recall_k=5,
+    )
+    raw = env.unwrapped
+    assert isinstance(raw, DeepRecEnv) and isinstance(raw.retriever, InProcessRetriever)
+    assert (raw.config.recall_k, raw.config.protocol, raw.dataset.n_items) == (5, "tags", 80)
+    obs, info = env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(f"Westerns. {PREF_OPEN} western; showdown {PREF_CLOSE}")
+    assert len(info["tool_calls"][0]["item_ids"]) == 5 and obs.count("\n") >= 5 and r == 0.0
+
+
+def test_make_env_binds_the_hierarchical_reward(small_artifacts):
+    pytest.importorskip("rewards.hierarchical")
+    from deeprec_env.registration import make_env as factory
+
+    totals = {}
+    for mode in ("terminal", "per_turn"):
+        env = factory(
+            dataset="synthetic", reward="cold", artifacts=small_artifacts, hydra_overrides=SMALL, reward_mode=mode
+        )
+        assert env.reward_levels.get("format") == "process"
+        rewards, info = scripted(env, env.dataset, "tags")
+        assert math.isclose(sum(rewards), info["reward_total"], abs_tol=1e-9) and info["format_problems"] == []
+        assert info["reward_terms"]["invocation"] > 0
+        totals[mode] = (rewards, info["reward_total"])
+    assert totals["terminal"][1] == pytest.approx(totals["per_turn"][1])
+    # cold: invocation pays from the second call on, which per_turn pays at that step
+    assert totals["terminal"][0][2] == 0.0 and totals["per_turn"][0][2] >= 0.5
+
+
+def test_compose_config_keeps_a_running_hydra_app():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deeprec_env.registration import CONFIG_DIR, compose_config
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR / "dataset"), version_base=None):
+        before = GlobalHydra.instance().hydra
+        cfg = compose_config(["dataset=synthetic"])
+        assert cfg.dataset.name == "synthetic" and GlobalHydra.instance().hydra is before
+    assert compose_config(["dataset=games"]).dataset.name == "games" and not GlobalHydra.instance().is_initialized()
