@@ -153,15 +153,29 @@ class DiversityReward(Component):
     """`scale * (1 - mean pairwise cosine)` of the non-empty preference texts' embeddings when there are >= 2, else 0
     (paper: diversity_base 0.2; mean over the upper triangle, repeats included, so repeating a query lowers it).
 
+    Relevance gate (not in the paper; `relevance_threshold` 0 turns it off): only preferences whose embedding has
+    cosine >= the threshold with at least one of the user's last `relevance_items` history item texts count, so
+    nonsense queries, which are maximally "diverse", earn nothing (probe: diverse gibberish). Needs
+    `RewardContext.item_text`.
+
     Encodings are cached per string (the same preferences recur across a group of rollouts); the cache is dropped
     when the context's encoder changes and trimmed oldest-first past `cache_size` strings."""
 
     name = "diversity"
     level = "process"
 
-    def __init__(self, weight: float = 1.0, scale: float = 0.2, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        weight: float = 1.0,
+        scale: float = 0.2,
+        relevance_threshold: float = 0.0,
+        relevance_items: int = 20,
+        cache_size: int = 100_000,
+    ) -> None:
         super().__init__(weight)
         self.scale = float(scale)
+        self.relevance_threshold = float(relevance_threshold)
+        self.relevance_items = int(relevance_items)
         self._cache_size = int(cache_size)
         self._cache: dict[str, np.ndarray] = {}
         self._encoder: Any = None
@@ -198,7 +212,20 @@ class DiversityReward(Component):
         if context.encoder is not self._encoder or any(p not in self._cache for p in prefs):
             self._encode(prefs, context)
         vectors = np.stack([self._cache[p] for p in prefs])
-        upper = np.triu_indices(len(prefs), k=1)
+        if self.relevance_threshold > 0:
+            if context.item_text is None:
+                raise ValueError(
+                    "the diversity relevance gate needs RewardContext.item_text; or set "
+                    "reward.diversity.relevance_threshold=0"
+                )
+            history = np.asarray(episode.history, dtype=np.int64)[-self.relevance_items :]
+            if len(history) == 0:
+                return 0.0
+            relevance = (vectors @ np.asarray(context.item_text, np.float64)[history].T).max(axis=1)
+            vectors = vectors[relevance >= self.relevance_threshold]
+            if len(vectors) < 2:
+                return 0.0
+        upper = np.triu_indices(len(vectors), k=1)
         mean_cosine = float(np.clip((vectors @ vectors.T)[upper].mean(), -1.0, 1.0))
         return self.scale * (1.0 - mean_cosine)
 

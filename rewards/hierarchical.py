@@ -143,6 +143,8 @@ class InvocationConfig:
 class DiversityConfig:
     weight: float = 1.0
     scale: float = 0.2  # paper: diversity_base
+    relevance_threshold: float = 0.0  # >0: a preference counts only if this close to a history item (presets: 0.25)
+    relevance_items: int = 20
 
 
 @dataclass
@@ -209,7 +211,12 @@ def build_reward(config: RewardConfig | Mapping[str, Any] | Any = None) -> Hiera
     components: list[RewardComponent] = [
         FormatReward(c.format.weight, error=c.format.error),
         InvocationReward(c.invocation.weight, base=c.invocation.base, cap=c.invocation.cap),
-        DiversityReward(c.diversity.weight, scale=c.diversity.scale),
+        DiversityReward(
+            c.diversity.weight,
+            scale=c.diversity.scale,
+            relevance_threshold=c.diversity.relevance_threshold,
+            relevance_items=c.diversity.relevance_items,
+        ),
         HitRankReward(c.hit_rank.weight, correct=c.hit_rank.correct, linear=c.hit_rank.linear),
         PointReward(
             c.point.weight,

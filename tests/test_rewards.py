@@ -296,7 +296,7 @@ def test_presets_load_and_select_components():
     assert isinstance(cold, RewardConfig) and cold.name == "cold" and rec.name == "rec"
     cold_reward, rec_reward = build_reward(cold), build_reward(rec)
     assert cold_reward.names == rec_reward.names == ALL
-    assert set(cold_reward.active) == {"format", "invocation", "diversity"}
+    assert set(cold_reward.active) == {"format", "invocation", "diversity", "invalid_penalty"}
     assert set(rec_reward.active) == {"format", "hit_rank", "point"}
     assert cold_reward.levels["diversity"] == "process" and rec_reward.levels["point"] == "outcome"
     assert cold_reward.format_gate and rec_reward.format_gate
@@ -393,8 +393,10 @@ def test_preset_reward_is_deterministic_and_weight_zero_is_free():
     ep = episode(answer=[2, 3, 1, None, 5], prefs=["action", "romance"], rec_k=5)
     rec = build_reward(_preset("rec"))
     assert rec(ep, CONTEXT) == rec(ep, CONTEXT)
-    cold = build_reward(_preset("cold"))
-    # cold needs no item tables: point and hit_rank are off, so they are never computed
+    paper_cold = OmegaConf.merge(_preset("cold"), {"diversity": {"relevance_threshold": 0.0}})
+    cold = build_reward(paper_cold)
+    # with the paper's ungated diversity, cold needs no item tables: point and hit_rank are off, never computed
     b = cold(ep, RewardContext(encoder=FakeEncoder(TABLE)))
-    assert b.terms == {**dict.fromkeys(ALL, 0.0), "invocation": 0.5, "diversity": pytest.approx(0.08)}
+    expected = {"invocation": 0.5, "diversity": pytest.approx(0.08), "invalid_penalty": pytest.approx(-0.2)}
+    assert b.terms == {**dict.fromkeys(ALL, 0.0), **expected}
     assert PAPER.active == ("format", "invocation", "diversity", "hit_rank", "point")
