@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import synthetic_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.baselines import popularity_scorer
 from deeprec_env.cache import cached
 from deeprec_env.data.dataset import ItemMeta, RawInteractions, RecDataset, build_dataset, k_core, stack_histories
-from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
@@ -25,15 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> RecDataset:
-    cfg = DatasetConfig(
-        name="synthetic",
-        format="synthetic",
-        dir=None,
-        min_core=1,
-        files={},
-        synthetic=SyntheticConfig(n_users=300, n_items=120, n_categories=6, min_len=8, max_len=25, seed=1),
-    )
-    return load_dataset(cfg, tmp_path_factory.mktemp("artifacts"))
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    return synthetic_dataset(artifacts, n_users=300, n_items=120, n_categories=6, min_len=8, max_len=25, seed=1)
 
 
 # -- cache ----------------------------------------------------------------------------------------------------

@@ -4,19 +4,18 @@ timing, batched retrieval and registration."""
 import json
 import math
 import time
-import zlib
 from types import SimpleNamespace
 
 import gymnasium
-import numpy as np
 import pytest
 import torch
+from fakes import HashEncoder, synthetic_config
 from gymnasium.utils.env_checker import check_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deeprec_env  # noqa: F401  (registers deeprec/DeepRec-v0)
-from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
+from deeprec_env.data.source import load_dataset
 from deeprec_env.env import DeepRecEnv, DeepRecVectorEnv, EnvConfig, TextSpace
 from deeprec_env.protocol import (
     ITEMS_CLOSE,
@@ -39,30 +38,7 @@ from deeprec_env.trm.retriever import InProcessRetriever
 
 TEXT_DIM = 8
 TAGS, CHAT = TagsCodec(), ChatCodec()
-SYNTHETIC = DatasetConfig(
-    name="synthetic",
-    format="synthetic",
-    dir=None,
-    min_core=1,
-    files={},
-    synthetic=SyntheticConfig(n_users=60, n_items=80, n_categories=4, min_len=6, max_len=15, seed=0),
-)
-
-
-class HashEncoder:
-    """Deterministic: each word maps to a fixed random vector (seeded by its CRC32); "" is the zero vector."""
-
-    dim = TEXT_DIM
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.lower().split():
-                out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
-            norm = np.linalg.norm(out[row])
-            if norm > 0:
-                out[row] /= norm
-        return out
+SYNTHETIC = synthetic_config(n_users=60, n_items=80, n_categories=4, min_len=6, max_len=15, seed=0)
 
 
 class CountingRetriever:
@@ -115,7 +91,7 @@ def retriever(dataset):
     item_text[0] = 0
     config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
     model = SequentialRecommender(dataset.n_items, config, item_text).eval()
-    return InProcessRetriever(model, HashEncoder())
+    return InProcessRetriever(model, HashEncoder(TEXT_DIM))
 
 
 def make_env(dataset, retriever, reward=None, render_mode=None, **config):

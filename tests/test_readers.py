@@ -281,9 +281,7 @@ FORMAT_OF = {file: fmt for fmt, files in FIXTURES.items() for file in files}
 
 
 @pytest.mark.parametrize(("file", "garble", "message"), MALFORMED, ids=[m[2] for m in MALFORMED])
-def test_malformed_input_raises_and_leaves_no_cache(
-    tmp_path: Path, file: str, garble: Garble, message: str
-) -> None:
+def test_malformed_input_raises_and_leaves_no_cache(tmp_path: Path, file: str, garble: Garble, message: str) -> None:
     fmt = FORMAT_OF[file]
     cfg = fixture_config(tmp_path, fmt, **{file: garble(FIXTURES[fmt][file])})
     artifacts = tmp_path / "artifacts"

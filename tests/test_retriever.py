@@ -2,11 +2,12 @@
 
 import subprocess
 import sys
-import zlib
 
+import fakes
 import numpy as np
 import pytest
 import torch
+from fakes import HashEncoder
 
 from deeprec_env.data.dataset import stack_histories
 from deeprec_env.metrics import top_k
@@ -16,27 +17,6 @@ from deeprec_env.trm.retriever import InProcessRetriever, RayRetriever, build_re
 N_ITEMS = 30
 TEXT_DIM = 8
 CONFIG = ModelConfig(max_len=5, hidden=16, n_layers=1, n_heads=2, fuse_item_text=True, fuse_query=True)
-
-
-class HashEncoder:
-    """Deterministic across processes: each word maps to a fixed random vector (seeded by its CRC32); a text is
-    the normalised sum of its words' vectors; the empty string is the zero vector. Counts its calls."""
-
-    dim = TEXT_DIM
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def encode(self, texts):
-        self.calls.append(list(texts))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.lower().split():
-                out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
-            norm = np.linalg.norm(out[row])
-            if norm > 0:
-                out[row] /= norm
-        return out
 
 
 def make_model() -> SequentialRecommender:
@@ -53,7 +33,7 @@ def model():
 
 @pytest.fixture
 def encoder():
-    return HashEncoder()
+    return HashEncoder(TEXT_DIM)
 
 
 @pytest.fixture
@@ -207,19 +187,21 @@ def test_ray_backend_needs_initialised_ray():
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
-    # Ray workers cannot import this test module: ship HashEncoder (the actor's encoder factory) by value.
+    # Ray workers cannot import the test modules: ship them (HashEncoder, the actor's encoder factory) by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.cloudpickle.register_pickle_by_value(fakes)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:
         ray.shutdown()
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.cloudpickle.unregister_pickle_by_value(fakes)
 
 
 def test_ray_matches_in_process_and_is_shared(ray_session):
     ray = ray_session
-    model, encoder = make_model(), HashEncoder()
+    model, encoder = make_model(), HashEncoder(TEXT_DIM)
     local = InProcessRetriever(model, encoder)
     histories, queries = mixed_batch(16, seed=2)
     expected_ids, expected_scores = local.retrieve(histories, queries, k=10)
@@ -262,7 +244,7 @@ def test_ray_matches_in_process_and_is_shared(ray_session):
 
 
 def test_build_retriever_backends(ray_session):
-    model, encoder = make_model(), HashEncoder()
+    model, encoder = make_model(), HashEncoder(TEXT_DIM)
     histories, queries = mixed_batch(6, seed=3)
     local = build_retriever("local", model, encoder)
     remote = build_retriever("ray", model, encoder, num_cpus=0.5)

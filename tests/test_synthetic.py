@@ -52,9 +52,7 @@ def test_deterministic_for_a_seed():
 
     c = generate_synthetic(replace(cfg, seed=12))
     assert [m.title for m in c.items] != [m.title for m in a.items]
-    assert any(
-        len(x) != len(y) or not np.array_equal(x, y) for x, y in zip(a.sequences, c.sequences, strict=True)
-    )
+    assert any(len(x) != len(y) or not np.array_equal(x, y) for x, y in zip(a.sequences, c.sequences, strict=True))
     assert not np.array_equal(a.extras["user_preferences"], c.extras["user_preferences"])
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import synthetic_config
 
-from deeprec_env.data.source import DatasetConfig, SyntheticConfig, artifact_root, load_dataset
+from deeprec_env.data.source import SyntheticConfig, artifact_root, load_dataset
 from deeprec_env.text import EncoderConfig, TextEncoder, item_text_embeddings
 
 
@@ -111,14 +112,7 @@ def test_name_is_stable_and_depends_on_truncation(encoder: TextEncoder) -> None:
 def test_item_text_embeddings_cached_and_rebuilt_when_corrupt(
     encoder: TextEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = DatasetConfig(
-        name="synthetic",
-        format="synthetic",
-        dir=None,
-        min_core=1,
-        files={},
-        synthetic=SyntheticConfig(n_users=50, n_items=60),
-    )
+    cfg = synthetic_config(n_users=50, n_items=60)
     dataset = load_dataset(cfg, tmp_path)
     root = artifact_root(tmp_path, cfg)
     caplog.set_level(logging.INFO, logger="deeprec_env")

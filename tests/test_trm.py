@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from fakes import synthetic_dataset
 
-from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
 from deeprec_env.data.synthetic import synthetic_category_names
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.text import TextEncoder
@@ -16,15 +16,7 @@ from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
-    cfg = DatasetConfig(
-        name="synthetic",
-        format="synthetic",
-        dir=None,
-        min_core=1,
-        files={},
-        synthetic=SyntheticConfig(n_users=300, n_items=120, n_categories=4, min_len=8, max_len=20, seed=3),
-    )
-    dataset = load_dataset(cfg, artifacts)
+    dataset = synthetic_dataset(artifacts, n_users=300, n_items=120, n_categories=4, min_len=8, max_len=20, seed=3)
     encoder = TextEncoder()
     config = TRMConfig(
         name="trm",

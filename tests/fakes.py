@@ -1,0 +1,41 @@
+"""Test doubles and small fixtures shared by the test modules."""
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from deeprec_env.data.dataset import RecDataset
+from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
+
+
+class HashEncoder:
+    """Deterministic across processes: each word maps to a fixed random vector (seeded by its CRC32); a text is
+    the normalised sum of its words' vectors; the empty string is the zero vector. Counts its calls."""
+
+    def __init__(self, dim: int = 8):
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dim)
+            norm = np.linalg.norm(out[row])
+            if norm > 0:
+                out[row] /= norm
+        return out
+
+
+def synthetic_config(**sizes) -> DatasetConfig:
+    """The built-in synthetic dataset's config with `SyntheticConfig` fields overridden."""
+    return DatasetConfig(
+        name="synthetic", format="synthetic", dir=None, min_core=1, files={}, synthetic=SyntheticConfig(**sizes)
+    )
+
+
+def synthetic_dataset(artifacts: Path, **sizes) -> RecDataset:
+    """A small synthetic dataset, cached under `artifacts`."""
+    return load_dataset(synthetic_config(**sizes), artifacts)
