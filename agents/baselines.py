@@ -102,15 +102,17 @@ class TRMAgent(TextAgent):
 class ScriptedAgent(TextAgent):
     """The multi-aspect teacher (warm-start data): queries several aspects of the history, pools the results.
 
-    Queries, in order: the user's long-term aspects (most frequent over the whole shown history), the recent
-    aspects (the last few items), and a less-seen aspect (present in the history but not dominant). Pooled items
-    are ranked by weighted reciprocal-rank fusion over the calls, so items that several aspects agree on rise.
+    Calls, in order: the empty query (what the recommender predicts from the sequence alone), then the user's
+    long-term aspects (most frequent over the whole shown history), the recent aspects (the last few items) and
+    a less-seen aspect (present in the history but not dominant). Pooled items are ranked by weighted
+    reciprocal-rank fusion over the calls: the sequence-only list carries most weight, and items that several
+    aspects agree on rise.
     """
 
     name = "scripted"
     recent_items = 3
     fusion_k = 10.0
-    call_weights = (1.0, 1.2, 0.6)
+    call_weights = (3.0, 0.5, 0.6, 0.3)
 
     def plan(self) -> list[tuple[str, str]]:
         """(reasoning, preference) per tool call."""
@@ -120,14 +122,14 @@ class ScriptedAgent(TextAgent):
         top = [a for a, _ in long_term.most_common(2)]
         fresh = [a for a, _ in recent.most_common() if a not in top][:2] or [a for a, _ in recent.most_common(2)]
         rare = [a for a, _ in long_term.most_common()[2:5] if a not in fresh][:1]
-        plan = []
+        plan = [("First, what does the recommender predict from the history alone?", "")]
         if top:
             plan.append((f"Over the whole history the user keeps coming back to {' and '.join(top)}.", "; ".join(top)))
         if fresh:
             plan.append((f"Lately the user has moved towards {' and '.join(fresh)}.", "; ".join(fresh + top[:1])))
         if rare:
             plan.append((f"Less often, the user also chose {rare[0]}; worth a look.", "; ".join(rare + fresh[:1])))
-        return plan or [("The history says little; I will ask broadly.", "popular titles")]
+        return plan
 
     def act(self, observation: str, info: dict) -> str:
         calls = info.get("n_tool_calls", 0)

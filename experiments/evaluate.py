@@ -161,6 +161,12 @@ def table_row(record: dict) -> dict:
     return row
 
 
+def results_table(records: list[dict]) -> str:
+    """The markdown table of a run; episode columns appear only when a text agent ran."""
+    rows = [table_row(r) for r in records]
+    return markdown_table(rows, [c for c in TABLE_COLUMNS if any(row.get(c, "") != "" for row in rows)])
+
+
 def comparison_row(pair: str, diff: dict) -> dict:
     return {
         "pair": pair,
@@ -196,7 +202,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         )
     records = [result_record(cfg, dataset, agent, outcomes[agent], stats.get(agent)) for agent in agents]
     print(f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
-    print(markdown_table([table_row(r) for r in records], TABLE_COLUMNS))
+    print(results_table(records))
 
     out = run_dir()
     write_json(out / "results.json", records[0] if len(records) == 1 else records)

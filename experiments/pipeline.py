@@ -6,8 +6,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from experiments.common import CONFIG_PATH, markdown_table, run_dir
-from experiments.evaluate import TABLE_COLUMNS, evaluate, table_row
+from experiments.common import CONFIG_PATH, run_dir
+from experiments.evaluate import evaluate, results_table
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.agent = list(cfg.pipeline.agents)
     records = evaluate(cfg)
-    table = markdown_table([table_row(r) for r in records], TABLE_COLUMNS)
+    table = results_table(records)
     report = run_dir() / "report.md"
     report.write_text(
         f"# deeprec demo: {records[0]['dataset']}\n\n"
