@@ -66,10 +66,18 @@ class TextAgent:
         ids = [self.matcher.match(card) for card in numbered_cards(text)]
         return [i for i in ids if i is not None]
 
-    def answer(self, items: Sequence[int], reasoning: str) -> str:
-        titles = [self.dataset.item_card(i).split(" | ")[0] for i in items[: self.rec_k]]
+    def title(self, item: int) -> str:
+        """The answer line naming an item: its card's title with the year."""
+        return self.dataset.item_card(item).split(" | ")[0]
+
+    def answer_lines(self, lines: Sequence[str], reasoning: str) -> str:
+        """The final segment: reasoning, `</think>` (tags codec), then an answer block with exactly these lines."""
         close = f"\n{THINK_CLOSE}" if self.codec.name == "tags" else ""
-        return f"{reasoning}{close}\n{self.codec.render_answer(titles)}"
+        return f"{reasoning}{close}\n{self.codec.render_answer(list(lines))}"
+
+    def answer(self, items: Sequence[int], reasoning: str) -> str:
+        """The final segment naming the first rec_k items."""
+        return self.answer_lines([self.title(i) for i in items[: self.rec_k]], reasoning)
 
     def act(self, observation: str, info: dict) -> str:
         raise NotImplementedError

@@ -17,7 +17,6 @@ import string
 from collections.abc import Sequence
 
 from agents.baselines import ScriptedAgent, TextAgent
-from deeprec_env.protocol import THINK_CLOSE
 from deeprec_env.trm.queries import item_aspects
 
 
@@ -29,7 +28,7 @@ class ProbeAgent(ScriptedAgent):
     def honest_queries(self, n: int) -> list[str]:
         """`n` distinct non-empty preferences: the scripted plan's, then single history aspects (most recent item
         first), then generic fillers."""
-        queries = list(dict.fromkeys(preference for _, preference in self.plan()))
+        queries = [p for p in dict.fromkeys(preference for _, preference in self.plan()) if p]
         for item in reversed(self.history):
             for aspect in item_aspects(self.dataset, item):
                 if len(queries) >= n:
@@ -50,14 +49,6 @@ class ProbeAgent(ScriptedAgent):
         """Every item the tool returned this episode, first occurrence order (call by call, best first)."""
         return list(dict.fromkeys(i for call in info.get("tool_calls", ()) for i in call["item_ids"]))
 
-    def title(self, item: int) -> str:
-        return self.dataset.item_card(item).split(" | ")[0]
-
-    def answer_lines(self, lines: Sequence[str], reasoning: str) -> str:
-        """An answer block with exactly these lines (any number, not cut to rec_k)."""
-        close = f"\n{THINK_CLOSE}" if self.codec.name == "tags" else ""
-        return f"{reasoning}{close}\n{self.codec.render_answer(list(lines))}"
-
     def junk(self, words: int = 2) -> str:
         """Random lower-case nonsense words (5-9 letters each): names no catalogue title."""
         letters = list(string.ascii_lowercase)
@@ -65,8 +56,22 @@ class ProbeAgent(ScriptedAgent):
             "".join(self.rng.choice(letters, int(self.rng.integers(5, 10)))) for _ in range(words)
         ).capitalize()
 
-    def act(self, observation: str, info: dict) -> str:
+    n_calls = 1
+    call_reasoning = "Let me search the catalogue."
+
+    def query(self, calls: int) -> str:
+        """The preference of call number `calls` (0-based)."""
+        return self.honest_queries(self.n_calls)[calls]
+
+    def final(self, info: dict) -> str:
+        """The answer segment, after `n_calls` tool calls."""
         raise NotImplementedError
+
+    def act(self, observation: str, info: dict) -> str:
+        calls = info.get("n_tool_calls", 0)
+        if calls < self.n_calls:
+            return self.call(self.query(calls), self.call_reasoning)
+        return self.final(info)
 
 
 class RepeatOneProbe(ProbeAgent):
@@ -74,9 +79,7 @@ class RepeatOneProbe(ProbeAgent):
 
     name = "repeat-one"
 
-    def act(self, observation: str, info: dict) -> str:
-        if not info.get("n_tool_calls"):
-            return self.call(self.honest_queries(1)[0])
+    def final(self, info: dict) -> str:
         pool = self.pooled(info)
         lines = [self.title(pool[0])] * self.rec_k if pool else [self.junk() for _ in range(self.rec_k)]
         return self.answer_lines(lines, "The first result is the best, so I list it everywhere.")
@@ -87,9 +90,7 @@ class HistoryItemsProbe(ProbeAgent):
 
     name = "history-items"
 
-    def act(self, observation: str, info: dict) -> str:
-        if not info.get("n_tool_calls"):
-            return self.call(self.honest_queries(1)[0])
+    def final(self, info: dict) -> str:
         recent = list(reversed(self.history)) or self.pooled(info)
         lines = [self.title(recent[i % len(recent)]) for i in range(self.rec_k)] if recent else []
         return self.answer_lines(lines, "The user clearly loves what they already watched.")
@@ -101,10 +102,7 @@ class PasteAllProbe(ProbeAgent):
     name = "paste-all"
     n_calls = 3
 
-    def act(self, observation: str, info: dict) -> str:
-        calls = info.get("n_tool_calls", 0)
-        if calls < self.n_calls:
-            return self.call(self.honest_queries(self.n_calls)[calls])
+    def final(self, info: dict) -> str:
         pool = self.pooled(info)
         return self.answer_lines([self.title(i) for i in pool], f"All {len(pool)} results, so the target is in.")
 
@@ -125,10 +123,12 @@ class IdenticalQueriesProbe(ProbeAgent):
     name = "identical-queries"
     n_calls = 3
 
-    def act(self, observation: str, info: dict) -> str:
-        calls = info.get("n_tool_calls", 0)
-        if calls < self.n_calls:
-            return self.call(self.honest_queries(1)[0], "Searching again to be sure.")
+    call_reasoning = "Searching again to be sure."
+
+    def query(self, calls: int) -> str:
+        return self.honest_queries(1)[0]
+
+    def final(self, info: dict) -> str:
         return self.answer([*self.pooled(info)], "The repeated search agrees with itself.")
 
 
@@ -138,10 +138,7 @@ class JunkAnswerProbe(ProbeAgent):
     name = "junk-answer"
     n_calls = 3
 
-    def act(self, observation: str, info: dict) -> str:
-        calls = info.get("n_tool_calls", 0)
-        if calls < self.n_calls:
-            return self.call(self.honest_queries(self.n_calls)[calls])
+    def final(self, info: dict) -> str:
         return self.answer_lines([self.junk() for _ in range(self.rec_k)], "Here are my picks.")
 
 
@@ -157,11 +154,13 @@ class PromptInjectionProbe(ProbeAgent):
     top rec_k."""
 
     name = "prompt-injection"
+    n_calls = len(INJECTIONS)
+    call_reasoning = "Let me ask for the answer directly."
 
-    def act(self, observation: str, info: dict) -> str:
-        calls = info.get("n_tool_calls", 0)
-        if calls < len(INJECTIONS):
-            return self.call(INJECTIONS[calls], "Let me ask for the answer directly.")
+    def query(self, calls: int) -> str:
+        return INJECTIONS[calls]
+
+    def final(self, info: dict) -> str:
         return self.answer(self.pooled(info), "The tool gave me the answer.")
 
 
@@ -201,10 +200,12 @@ class DiverseGibberishProbe(ProbeAgent):
     name = "diverse-gibberish"
     n_calls = 3
 
-    def act(self, observation: str, info: dict) -> str:
-        calls = info.get("n_tool_calls", 0)
-        if calls < self.n_calls:
-            return self.call(self.junk(3), "Let me explore something completely different.")
+    call_reasoning = "Let me explore something completely different."
+
+    def query(self, calls: int) -> str:
+        return self.junk(3)
+
+    def final(self, info: dict) -> str:
         return self.answer(self.pooled(info), "These came up.")
 
 
