@@ -16,7 +16,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import hydra
 import numpy as np
@@ -41,28 +41,18 @@ def peak_rss_mb() -> float:
 
 def bench_train(cfg: DictConfig, name: str) -> dict:
     """Step time and peak memory of training the `name` recommender (sasrec or trm) on one dataset."""
-    from deeprec_env.cache import config_hash
-    from deeprec_env.trm.train import query_bank_embeddings, train_model
+    from deeprec_env.trm.train import checkpoint_dir, text_inputs, train_model
 
     dataset, root = prepared_dataset(cfg)
     config = trm_config(cfg[name])
-    uses_text = config.model.fuse_item_text or config.model.fuse_query
-    encoder = text_encoder(cfg) if uses_text else None
-    item_text = query_bank = None
-    if uses_text:
-        from deeprec_env.text import item_text_embeddings
-
-        item_text = torch.from_numpy(item_text_embeddings(dataset, encoder, root))
-        if config.model.fuse_query:
-            bank = query_bank_embeddings(dataset, encoder, config.train.query_variants, config.train.seed, root)
-            query_bank = torch.from_numpy(bank)
+    encoder = text_encoder(cfg) if config.model.uses_text else None
+    item_text, query_bank = text_inputs(dataset, config, root, encoder, for_training=True)
     steps = cfg.bench.steps
     budget = replace(config, train=replace(config.train, max_steps=steps, eval_every=steps))
     started = time.perf_counter()
     _, train_log = train_model(dataset, budget, item_text, query_bank, progress=False)
     seconds = time.perf_counter() - started
-    key = asdict(config) | ({"encoder": encoder.name} if uses_text else {})
-    full_log = root / f"trm-{config.name}-{config_hash(key)}" / "train_log.json"
+    full_log = checkpoint_dir(config, root, encoder) / "train_log.json"
     full = json.loads(full_log.read_text()) if full_log.exists() else None
     steps_per_epoch = -(-train_log["n_windows"] // config.train.batch_size)
     return {

@@ -43,8 +43,7 @@ def trained_model(cfg: DictConfig, name: str, dataset: RecDataset, root: Path):
     from deeprec_env.trm.train import load_or_train
 
     config = trm_config(cfg[name])
-    needs_text = config.model.fuse_item_text or config.model.fuse_query
-    return load_or_train(dataset, config, root, text_encoder(cfg) if needs_text else None)
+    return load_or_train(dataset, config, root, text_encoder(cfg) if config.model.uses_text else None)
 
 
 def run_dir() -> Path:

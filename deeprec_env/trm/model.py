@@ -31,6 +31,11 @@ class ModelConfig:
     fuse_item_text: bool = False
     fuse_query: bool = False
 
+    @property
+    def uses_text(self) -> bool:
+        """Whether the model needs item text embeddings (and so a text encoder)."""
+        return self.fuse_item_text or self.fuse_query
+
 
 class CausalSelfAttentionBlock(nn.Module):
     """Pre-norm transformer block; `mask` is True where attention is allowed."""
@@ -72,7 +77,7 @@ class SequentialRecommender(nn.Module):
             CausalSelfAttentionBlock(hidden, config.n_heads, config.dropout) for _ in range(config.n_layers)
         )
         self.final_norm = nn.LayerNorm(hidden)
-        if config.fuse_item_text or config.fuse_query:
+        if config.uses_text:
             if item_text is None:
                 raise ValueError("text fusion needs item text embeddings; pass item_text=(n_items+1, text_dim)")
             self.register_buffer("item_text", item_text.float(), persistent=False)

@@ -186,33 +186,51 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
     return np.load(directory / "embeddings.npy")
 
 
+def _checkpoint_key(config: TRMConfig, encoder=None) -> dict:
+    """What determines a trained model: the whole config and, for text models, the encoder."""
+    return asdict(config) | ({"encoder": encoder.name} if config.model.uses_text else {})
+
+
+def checkpoint_dir(config: TRMConfig, cache_root: Path, encoder=None) -> Path:
+    """Where the trained model of this config lives."""
+    return cache_root / f"trm-{config.name}-{config_hash(_checkpoint_key(config, encoder))}"
+
+
+def text_inputs(
+    dataset: RecDataset, config: TRMConfig, cache_root: Path, encoder, for_training: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(item text embeddings, query bank) the model needs, built with `encoder` and cached; the query bank only
+    for training a preference-aware model."""
+    if not config.model.uses_text:
+        return None, None
+    if encoder is None:
+        raise ValueError(f"trm {config.name!r} fuses text: pass a text encoder (deeprec_env.text.TextEncoder)")
+    from deeprec_env.text import item_text_embeddings
+
+    item_text = torch.from_numpy(item_text_embeddings(dataset, encoder, cache_root))
+    query_bank = None
+    if for_training and config.model.fuse_query:
+        bank = query_bank_embeddings(dataset, encoder, config.train.query_variants, config.train.seed, cache_root)
+        query_bank = torch.from_numpy(bank)
+    return item_text, query_bank
+
+
 def load_or_train(
     dataset: RecDataset, config: TRMConfig, cache_root: Path, encoder=None, progress: bool = True
 ) -> tuple[SequentialRecommender, dict]:
-    """The trained model for this dataset and config, from `cache_root/trm-<name>-<hash>/` or trained now.
+    """The trained model for this dataset and config, from `checkpoint_dir` or trained now.
 
     Text fusion needs `encoder` (a `deeprec_env.text.TextEncoder`): item text embeddings and, for training a
     preference-aware model, the query bank are computed with it (and cached)."""
-    uses_text = config.model.fuse_item_text or config.model.fuse_query
-    if uses_text and encoder is None:
-        raise ValueError(f"trm {config.name!r} fuses text: pass a text encoder (deeprec_env.text.TextEncoder)")
-    item_text = None
-    if uses_text:
-        from deeprec_env.text import item_text_embeddings
-
-        item_text = torch.from_numpy(item_text_embeddings(dataset, encoder, cache_root))
-    key = asdict(config) | ({"encoder": encoder.name} if uses_text else {})
-    directory = cache_root / f"trm-{config.name}-{config_hash(key)}"
+    item_text, _ = text_inputs(dataset, config, cache_root, encoder, for_training=False)
+    directory = checkpoint_dir(config, cache_root, encoder)
 
     def build(tmp: Path) -> None:
-        query_bank = None
-        if config.model.fuse_query:
-            bank = query_bank_embeddings(dataset, encoder, config.train.query_variants, config.train.seed, cache_root)
-            query_bank = torch.from_numpy(bank)
+        _, query_bank = text_inputs(dataset, config, cache_root, encoder, for_training=True)
         model, train_log = train_model(dataset, config, item_text, query_bank, progress)
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
-        (tmp / "config.json").write_text(json.dumps(key, indent=1))
+        (tmp / "config.json").write_text(json.dumps(_checkpoint_key(config, encoder), indent=1))
 
     cached(directory, build, f"{config.name} model")
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
