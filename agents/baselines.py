@@ -75,6 +75,11 @@ class TextAgent:
         close = f"\n{THINK_CLOSE}" if self.codec.name == "tags" else ""
         return f"{reasoning}{close}\n{self.codec.render_answer(list(lines))}"
 
+    @staticmethod
+    def act_many(agents: Sequence[TextAgent], observations: Sequence[str], infos: Sequence[dict]) -> list[str]:
+        """The turns of several agents of one kind (an LLM policy batches them; scripted agents just loop)."""
+        return [agent.act(o, i) for agent, o, i in zip(agents, observations, infos, strict=True)]
+
     def answer(self, items: Sequence[int], reasoning: str) -> str:
         """The final segment naming the first rec_k items."""
         return self.answer_lines([self.title(i) for i in items[: self.rec_k]], reasoning)

@@ -39,10 +39,13 @@ def rollout(
         finished: list[dict | None] = [None] * envs.num_envs
         totals = [0.0] * envs.num_envs
         while any(f is None for f in finished):
-            actions = [
-                agent.act(observation, info) if done is None else ""
-                for agent, observation, info, done in zip(agents, observations, infos, finished, strict=True)
-            ]
+            active = [i for i, done in enumerate(finished) if done is None]
+            actions = [""] * envs.num_envs
+            acted = type(agents[0]).act_many(
+                [agents[i] for i in active], [observations[i] for i in active], [infos[i] for i in active]
+            )
+            for i, action in zip(active, acted, strict=True):
+                actions[i] = action
             observations, step_rewards, terminated, truncated, infos = envs.step(actions)
             for i, info in enumerate(infos):
                 if finished[i] is None:

@@ -315,6 +315,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             target=target,
             rec_k=self.config.rec_k,
             codec=self.codec.name,
+            prompt=self._prompt,
             transcript=[] if self.chat else "",
         )
         if self.chat:
@@ -334,6 +335,15 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         """One agent segment; see the module docstring. Never raises for any action."""
         pending = self._prepare(action)
         return self._complete(pending, _serve(self.retriever, self.config, [pending])[0])
+
+    def end(self, reason: str = "agent_stopped") -> dict:
+        """End the current episode now, truncated, as when an agent stops without answering (a generation budget
+        ran out); returns the final info with the reward. An episode that already ended keeps its result."""
+        if self._episode is None:
+            raise RuntimeError("call reset() before end()")
+        if self._terminated or self._truncated:
+            return self._info()
+        return self._finish(truncated=True, reason=reason, kind="stop")[4]
 
     def render(self) -> str | None:
         """render_mode "ansi": the prompt and the transcript as text."""
@@ -445,11 +455,13 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         problems = format_problems(self._format_input(), len(ep.tool_calls), self.config.rec_k, self.codec)
         ep.format_problems = tuple(problems)
         terms: dict[str, float] = {}
+        unweighted: dict[str, float] = {}
         total = 0.0
         if self.reward_fn is not None:
             breakdown = self.reward_fn(ep)
             total = float(breakdown.total)
             terms = {str(k): float(v) for k, v in dict(breakdown.terms).items()}
+            unweighted = {str(k): float(v) for k, v in dict(getattr(breakdown, "unweighted", terms)).items()}
         reward = _exact_remainder(total, self._paid) if self.config.reward_mode == "per_turn" else total
         self._paid += reward
         self._terminated, self._truncated = not truncated, truncated
@@ -459,6 +471,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
                 "action": kind,
                 "episode": ep,
                 "reward_terms": terms,
+                "reward_unweighted": unweighted,
                 "reward_total": total,
                 "answer": {"item_ids": list(ep.answer_ids), "ranked_ids": list(ep.ranked_ids)},
                 "n_invalid": ep.n_invalid,

@@ -29,6 +29,7 @@ class Episode:
     target: int
     rec_k: int
     codec: str  # "tags" | "chat"
+    prompt: str | list[dict] = ""  # what the agent was shown first: the prompt text (tags) or messages (chat)
     transcript: str | list[dict] = ""  # agent-side text (tags) or messages (chat) after the prompt
     tool_calls: list[ToolCall] = field(default_factory=list)
     answer_lines: tuple[str, ...] | None = None  # None: the agent never answered

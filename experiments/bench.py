@@ -3,6 +3,8 @@
 Each measurement runs in its own subprocess so its peak resident memory is its own. Figures:
 - `sasrec_train`, `trm_train`: training speed (a fresh model for `bench.steps` optimizer steps) and peak RSS, plus
   the full early-stopped training time recorded by `prepare` when that checkpoint is cached.
+- `env_steps`: env steps per second with the scripted agent (single env and vector form) and the share of env
+  time spent in retrieval (agent time excluded).
 - `retrieval`: p50/p95 latency of a batched tool call (query encoding included) for `bench.batch_sizes`,
   in-process and through the shared Ray actor.
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
@@ -121,7 +123,74 @@ def bench_retrieval(cfg: DictConfig) -> dict:
     return result
 
 
+class TimedRetriever:
+    """A retriever that accumulates the seconds spent in `retrieve` (and counts the batched calls)."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
+
+    def retrieve(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return self.inner.retrieve(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+def bench_env_steps(cfg: DictConfig) -> dict:
+    """Env steps per second with the scripted agent, single env and vector form (one batched retrieval per step),
+    and the share of env time spent in retrieval. Agent time is measured apart and excluded from env time."""
+    from agents.baselines import ScriptedAgent
+    from agents.rollout import rollout, vector_env
+    from deeprec_env.registration import build_env
+
+    dataset, _ = prepared_dataset(cfg)
+    users = dataset.eval_users("test")
+    n = min(cfg.bench.env_episodes, len(users))
+    users = np.sort(np.random.default_rng(cfg.seed).choice(users, n, replace=False))
+    result = {"dataset": dataset.name, "episodes": len(users), "agent": "scripted"}
+    agent_seconds = [0.0]
+
+    class TimedScripted(ScriptedAgent):
+        @staticmethod
+        def act_many(agents, observations, infos):
+            started = time.perf_counter()
+            try:
+                return ScriptedAgent.act_many(agents, observations, infos)
+            finally:
+                agent_seconds[0] += time.perf_counter() - started
+
+    env = build_env(cfg, split="test")
+    for form, n_envs in (("single", 1), ("vector", cfg.eval.n_envs)):
+        retriever = env.retriever = TimedRetriever(getattr(env.retriever, "inner", env.retriever))
+        agent_seconds[0] = 0.0
+        started = time.perf_counter()
+        episodes, _ = rollout(
+            vector_env(env, n_envs),
+            lambda: TimedScripted(dataset, protocol=env.codec, rec_k=env.config.rec_k),
+            users,
+            "test",
+            progress=False,
+        )
+        total = time.perf_counter() - started
+        steps = sum(e.n_turns for e in episodes)
+        env_seconds = total - agent_seconds[0]
+        result[form] = {
+            "n_envs": n_envs,
+            "steps": steps,
+            "env_steps_per_s": round(steps / env_seconds, 1),
+            "steps_per_s_with_agent": round(steps / total, 1),
+            "episodes_per_s_with_agent": round(len(episodes) / total, 2),
+            "retrieval_calls": retriever.calls,
+            "retrieval_share_of_env_time": round(retriever.seconds / env_seconds, 3),
+        }
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
 TASKS = {
+    "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "sasrec_train": lambda cfg: bench_train(cfg, "sasrec"),
     "trm_train": lambda cfg: bench_train(cfg, "trm"),
@@ -156,7 +225,11 @@ def main(cfg: DictConfig) -> None:
     unknown = [t for t in cfg.bench.tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    passthrough = [f"artifacts={cfg.artifacts}", f"bench.steps={cfg.bench.steps}"]
+    passthrough = [
+        f"artifacts={cfg.artifacts}",
+        f"bench.steps={cfg.bench.steps}",
+        f"bench.env_episodes={cfg.bench.env_episodes}",
+    ]
     results = {"cpu_threads": torch.get_num_threads(), "tasks": {}}
     for task in cfg.bench.tasks:
         results["tasks"][task] = []

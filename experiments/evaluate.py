@@ -74,18 +74,20 @@ def agent_scorers(cfg: DictConfig, dataset: RecDataset, root, users: np.ndarray)
     }
 
 
-def text_agent_evaluation(cfg: DictConfig, dataset: RecDataset, env, users: np.ndarray, agent: str):
+def text_agent_evaluation(
+    cfg: DictConfig, dataset: RecDataset, env, users: np.ndarray, agent: str, make_agent: Callable | None = None
+):
     """Run a text agent through the environment on `users`: its Evaluation (answers matched to item ids) and
-    per-user episode statistics."""
+    per-user episode statistics. `make_agent` builds agents not in TEXT_AGENTS (an LLM policy)."""
     from agents.baselines import TEXT_AGENTS
     from agents.rollout import rollout, vector_env
 
     extra = {"target_of": lambda user, split: dataset.history_and_target(user, split)[1]} if agent == "oracle" else {}
 
-    def make_agent():
+    def make_baseline():
         return TEXT_AGENTS[agent](dataset, protocol=env.codec, rec_k=env.config.rec_k, seed=cfg.seed, **extra)
 
-    episodes, rewards = rollout(vector_env(env, cfg.eval.n_envs), make_agent, users, cfg.split)
+    episodes, rewards = rollout(vector_env(env, cfg.eval.n_envs), make_agent or make_baseline, users, env.config.split)
     lists = np.zeros((len(episodes), cfg.eval.list_k), dtype=np.int64)
     for row, episode in enumerate(episodes):
         ranked = episode.ranked_ids[: cfg.eval.list_k]
@@ -177,24 +179,31 @@ def comparison_row(pair: str, diff: dict) -> dict:
     }
 
 
-def evaluate(cfg: DictConfig) -> list[dict]:
+def evaluate(cfg: DictConfig, extra_agents: dict[str, Callable] | None = None, env=None, out=None) -> list[dict]:
+    """Evaluate `cfg.agent` (plus `extra_agents`: name -> text-agent builder, e.g. trained LLM policies) on the
+    same users; text agents act through `env` (built from `cfg` when None). Writes results into `out` (default:
+    the Hydra run directory)."""
+    extra_agents = dict(extra_agents or {})
     agents = list(cfg.agent) if isinstance(cfg.agent, ListConfig) else [str(cfg.agent)]
+    agents += [a for a in extra_agents if a not in agents]
     dataset, root = prepare(cfg, models=[])
     users = evaluation_users(cfg, dataset)
     builders = agent_scorers(cfg, dataset, root, users)
     from agents.baselines import TEXT_AGENTS
 
-    unknown = [a for a in agents if a not in builders and a not in TEXT_AGENTS]
+    unknown = [a for a in agents if a not in builders and a not in TEXT_AGENTS and a not in extra_agents]
     if unknown:
         raise SystemExit(f"unknown agent {unknown[0]!r}; choose from {', '.join([*builders, *TEXT_AGENTS])}")
-    outcomes, stats, env = {}, {}, None
+    outcomes, stats = {}, {}
     for agent in agents:
-        if agent in TEXT_AGENTS:
+        if agent in TEXT_AGENTS or agent in extra_agents:
             if env is None:
                 from deeprec_env.registration import build_env
 
                 env = build_env(cfg, split=cfg.split)
-            outcomes[agent], stats[agent] = text_agent_evaluation(cfg, dataset, env, users, agent)
+            outcomes[agent], stats[agent] = text_agent_evaluation(
+                cfg, dataset, env, users, agent, extra_agents.get(agent)
+            )
             continue
         scorer, queries = builders[agent]()
         outcomes[agent] = evaluate_scorer(
@@ -204,7 +213,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     print(f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
     print(results_table(records))
 
-    out = run_dir()
+    out = out or run_dir()
     write_json(out / "results.json", records[0] if len(records) == 1 else records)
     if len(agents) > 1:
         per_user = {agent: outcome.per_user() for agent, outcome in outcomes.items()}
@@ -219,6 +228,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             for later in agents[i + 1 :]
         }
         write_json(out / "comparisons.json", comparisons)
+        (out / "results.md").write_text(results_table(records) + "\n")
         print("\nPaired differences in NDCG@10 (same users, 95% bootstrap)\n")
         print(
             markdown_table(

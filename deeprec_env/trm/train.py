@@ -120,34 +120,44 @@ def train_model(
     best_score, best_state, stale, losses, started = -1.0, None, 0, [], time.perf_counter()
     bar = tqdm(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
     model.train()
-    for step, (epoch, batch) in enumerate(batches(), start=1):
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
-        items = model.item_vectors()
-        states, targets = model.sequence_states(inputs, items)[real], targets[real]
-        if config.model.fuse_query:
-            targets, queries = _queries_for(targets, query_bank, train, gen)
-            states = model.fuse(states, queries)
-        loss = F.cross_entropy(model.logits(states, items), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.update()
-        if step % train.eval_every and step < train.max_steps:
-            continue
-        score = validate()
-        log_["evaluations"].append(
-            {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
-        )
-        bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
-        losses = []
-        if score > best_score:
-            best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if stale >= train.patience or step >= train.max_steps:
-            break
+    stop_reason = "max_steps"
+    try:
+        for step, (epoch, batch) in enumerate(batches(), start=1):
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
+            items = model.item_vectors()
+            states, targets = model.sequence_states(inputs, items)[real], targets[real]
+            if config.model.fuse_query:
+                targets, queries = _queries_for(targets, query_bank, train, gen)
+                states = model.fuse(states, queries)
+            loss = F.cross_entropy(model.logits(states, items), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update()
+            if step % train.eval_every and step < train.max_steps:
+                continue
+            score = validate()
+            log_["evaluations"].append(
+                {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
+            )
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
+            losses = []
+            if score > best_score:
+                best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+            if stale >= train.patience:
+                stop_reason = "patience"
+                break
+            if step >= train.max_steps:
+                break
+    except KeyboardInterrupt:  # Ctrl-C ends training early but keeps the best weights validated so far
+        if best_state is None:
+            raise
+        stop_reason = "interrupted"
+        log.warning("training interrupted at step %d: keeping the best validated weights", step)
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
@@ -157,6 +167,7 @@ def train_model(
         best_step=best["step"],
         best_epoch=best["epoch"],
         steps=step,
+        stop_reason=stop_reason,
         train_seconds=time.perf_counter() - started,
     )
     log.info(

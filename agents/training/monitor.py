@@ -1,0 +1,88 @@
+"""Watching a policy learn: greedy episodes of the current policy on fixed validation users, scored with the `rec`
+reward, written to TensorBoard (scalars and a sample transcript) at intervals during training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from transformers import TrainerCallback
+
+from agents.llm import LLMAgent, LLMPolicy, PolicyConfig
+from agents.rollout import rollout, vector_env
+from deeprec_env.env import DeepRecEnv
+from deeprec_env.metrics import list_ranks, ranking_metrics
+
+
+def policy_episodes(
+    policy: LLMPolicy, env: DeepRecEnv, users: Sequence[int], n_envs: int, progress: bool = False
+) -> tuple[list, list[float]]:
+    """The policy's episodes (one per user) on the env's split, and their rewards."""
+
+    def make_agent():
+        return LLMAgent(env.dataset, policy, protocol=env.codec, rec_k=env.config.rec_k)
+
+    return rollout(vector_env(env, n_envs), make_agent, list(users), env.config.split, progress=progress)
+
+
+def validation_scalars(episodes: Sequence, rewards: Sequence[float]) -> dict[str, float]:
+    """NDCG@10, Recall@10, reward, format pass rate and tool use of a set of episodes."""
+    metrics = ranking_metrics(list_ranks([e.ranked_ids for e in episodes], [e.target for e in episodes]))
+    return {
+        "valid/ndcg@10": float(np.mean(metrics["ndcg@10"])),
+        "valid/recall@10": float(np.mean(metrics["recall@10"])),
+        "valid/reward": float(np.mean(rewards)),
+        "valid/format_ok": float(np.mean([e.format_ok for e in episodes])),
+        "valid/called_tool": float(np.mean([len(e.tool_calls) > 0 for e in episodes])),
+        "valid/tool_calls": float(np.mean([len(e.tool_calls) for e in episodes])),
+    }
+
+
+def transcript_text(episode) -> str:
+    """An episode's conversation after the system prompt, as Markdown-safe text for TensorBoard."""
+    messages = [*episode.prompt[1:], *episode.transcript] if isinstance(episode.prompt, list) else []
+    body = json.dumps(messages, ensure_ascii=False, indent=1) if messages else episode.prompt + episode.transcript
+    return "    " + body.replace("\n", "\n    ")  # indented: TensorBoard renders it verbatim
+
+
+class ValidationCallback(TrainerCallback):
+    """Every `every` optimizer steps (and at the end), run the policy greedily on the validation users and log."""
+
+    def __init__(
+        self,
+        make_env: Callable[[], DeepRecEnv],
+        users: Sequence[int],
+        log_dir: Path,
+        every: int,
+        policy_config: PolicyConfig,
+        n_envs: int,
+        tag: str,
+    ):
+        self.make_env, self.users, self.every = make_env, list(users), every
+        self.log_dir, self.policy_config, self.n_envs, self.tag = log_dir, policy_config, n_envs, tag
+        self.history: list[dict] = []
+
+    def _validate(self, state, model, tokenizer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        was_training = model.training
+        episodes, rewards = policy_episodes(
+            LLMPolicy(model, tokenizer, self.policy_config), self.make_env(), self.users, self.n_envs
+        )
+        model.train(was_training)
+        scalars = validation_scalars(episodes, rewards)
+        self.history.append({"step": state.global_step, **scalars})
+        with SummaryWriter(str(self.log_dir)) as writer:
+            for name, value in scalars.items():
+                writer.add_scalar(f"{self.tag}/{name}", value, state.global_step)
+            writer.add_text(f"{self.tag}/transcript", transcript_text(episodes[0]), state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self._validate(state, model, processing_class)
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not self.history or self.history[-1]["step"] != state.global_step:
+            self._validate(state, model, processing_class)

@@ -1,0 +1,199 @@
+"""The LLM policy and the two-phase trainer: tokenizer and chat template, SFT data, the GRPO adapter, and the whole
+pipeline on `synthetic` with a tiny model (interrupted during stage 2, then resumed)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.llm import train_tokenizer
+from agents.training.grpo import DeepRecToolEnv, active_components, component_rewards
+from agents.training.warm_start import sft_messages, teacher_episodes
+from deeprec_env.env import DeepRecEnv, EnvConfig
+from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, get_codec
+from deeprec_env.registration import BoundReward
+from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+from deeprec_env.trm.retriever import InProcessRetriever
+from rewards import RewardContext, build_reward
+from tests.fakes import HashEncoder, synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic_dataset(tmp_path_factory.mktemp("artifacts"), n_users=60, n_items=80)
+
+
+@pytest.fixture(scope="module")
+def rec_env_factory(dataset):
+    import torch
+
+    torch.manual_seed(0)
+    item_text = torch.randn(dataset.n_items + 1, 16)
+    item_text[0] = 0
+    config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
+    retriever = InProcessRetriever(SequentialRecommender(dataset.n_items, config, item_text).eval(), HashEncoder(16))
+    reward = BoundReward(build_reward({"point": {"weight": 0.0}}), RewardContext(encoder=HashEncoder(16)))
+    env_config = EnvConfig(protocol="chat", split="train", recall_k=10, max_tool_calls=4)
+    return lambda: DeepRecEnv(dataset, retriever, reward, reward.levels, env_config)
+
+
+def test_tokenizer_keeps_protocol_tags_whole_and_supports_tool_calling(dataset):
+    from trl.chat_template_utils import supports_tool_calling
+
+    tokenizer = train_tokenizer(dataset, vocab_size=512)
+    for tag in ALL_TAGS:
+        assert len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1, tag
+    card = dataset.item_card(3)
+    assert tokenizer.decode(tokenizer(card, add_special_tokens=False)["input_ids"]) == card
+    assert supports_tool_calling(tokenizer)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+
+
+def test_sft_messages_render_tool_calls_that_parse_back(dataset, rec_env_factory):
+    tokenizer = train_tokenizer(dataset, vocab_size=512)
+    episodes = teacher_episodes(rec_env_factory(), [int(u) for u in dataset.eval_users("train")[:4]], "scripted", 4, 0)
+    codec = get_codec("chat")
+    for episode in episodes:
+        messages = sft_messages(episode)
+        calls = [m for m in messages if m.get("tool_calls")]
+        assert [c["tool_calls"][0]["function"]["arguments"]["preference"] for c in calls] == episode.preferences
+        text = tokenizer.apply_chat_template(messages, tools=[TOOL_SCHEMA], tokenize=False)
+        assert codec.extract_preferences(text) == [p for p in episode.preferences if p]
+        assert messages[-1]["role"] == "assistant" and "<recommendation_list>" in messages[-1]["content"]
+
+
+def _trl_completion(episode) -> list[dict]:
+    """The scripted episode as TRL hands a completion to reward functions: assistant messages with structured tool
+    calls, and tool messages."""
+    return [m for m in sft_messages(episode) if m["role"] in ("assistant", "tool")]
+
+
+def test_adapter_delegates_retrieval_and_replays_to_the_env_reward(dataset, rec_env_factory):
+    user = int(dataset.eval_users("train")[0])
+    direct = rec_env_factory()
+    episode = teacher_episodes(direct, [user], "scripted", 1, 0)[0]
+    adapter = DeepRecToolEnv(rec_env_factory())
+    adapter.reset(user=user, split="train")
+    cards = adapter.retrieve(episode.tool_calls[1].preference)
+    assert cards == episode.transcript[3]["content"]  # the same tool message the env wrote for the teacher
+    info = adapter._replay(_trl_completion(episode))
+    assert info["episode"].ranked_ids == episode.ranked_ids
+    assert not info["format_problems"]
+    names, weights = active_components(adapter.env)
+    rewards = [fn([_trl_completion(episode)], [adapter])[0] for fn in component_rewards(names, 10)]
+    assert np.dot(rewards, weights) == pytest.approx(info["reward_total"])
+
+
+def test_adapter_scores_an_unfinished_completion_as_a_format_failure(dataset, rec_env_factory):
+    adapter = DeepRecToolEnv(rec_env_factory())
+    adapter.reset(user=int(dataset.eval_users("train")[1]), split="train")
+    info = adapter._replay([{"role": "assistant", "content": "I think the user likes"}])
+    assert info["truncated_by"] == "no answer" and info["format_problems"]
+    assert info["reward_total"] == pytest.approx(-1.0)
+
+
+def test_adapter_refuses_the_tags_codec(dataset, rec_env_factory):
+    env = rec_env_factory()
+    tags = DeepRecEnv(env.dataset, env.retriever, env.reward_fn, env.reward_levels, EnvConfig(protocol="tags"))
+    with pytest.raises(ValueError, match="chat codec"):
+        DeepRecToolEnv(tags)
+
+
+PIPELINE = [
+    "dataset=synthetic",
+    "dataset.synthetic.n_users=80",
+    "dataset.synthetic.n_items=60",
+    "prepare.models=[trm]",
+    "trm.train.max_steps=60",
+    "trm.train.eval_every=30",
+    "policy.vocab_size=400",
+    "policy.n_layer=1",
+    "policy.n_head=2",
+    "policy.n_embd=32",
+    "policy.n_positions=2048",
+    "policy.max_new_tokens=16",
+    "trainer.n_envs=8",
+    "trainer.env.max_turns=3",
+    "trainer.env.recall_k=5",
+    "trainer.env.history_items=5",
+    "trainer.warm_start.users=8",
+    "trainer.warm_start.epochs=1",
+    "trainer.warm_start.batch_size=4",
+    "trainer.warm_start.save_steps=1",
+    "trainer.validation.users=4",
+    "trainer.evaluation.users=6",
+    "trainer.evaluation.agents=[pop,trm,scripted]",
+    "eval.bootstrap=50",
+    *[
+        f"trainer.{stage}.{key}"
+        for stage in ("stage1", "stage2")
+        for key in (
+            "max_steps=3",
+            "num_generations=2",
+            "prompts_per_step=1",
+            "max_completion_length=48",
+            "users=6",
+            "difficulty_filter=false",
+            "save_steps=1",
+            "eval_every=2",
+        )
+    ],
+]
+
+
+def _train_command(tmp_path: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        *PIPELINE,
+        f"artifacts={tmp_path / 'artifacts'}",
+        f"trainer.output_dir={tmp_path / 'run'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]
+
+
+def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        _train_command(tmp_path),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (run / "stage2" / "checkpoint-1").exists():
+        assert first.poll() is None, f"training stopped before stage 2: {first.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "stage 2 never wrote a checkpoint"
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint finish writing, then kill the whole process group mid-stage
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (run / "stage2" / "final").exists()
+
+    second = subprocess.run(_train_command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stderr + second.stdout
+    assert "warm start already done" in log and "stage1 already done" in log
+    assert "resumes from" in log and "stage2/checkpoint-" in log
+    state = json.loads((run / "stage2" / "final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
+        assert (run / path).exists(), path
+    records = {r["agent"]: r for r in json.loads((run / "evaluation" / "results.json").read_text())}
+    assert set(records) == {"pop", "trm", "scripted", "warm-start", "grpo-stage2"}
+    assert records["grpo-stage2"]["n_users"] == 6
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert {p.relative_to(run / "tensorboard").parts[0] for p in events} >= {"warm_start", "stage1", "stage2"}
