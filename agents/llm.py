@@ -10,7 +10,6 @@ tool calling (its tool calls are the `<tool_call>{json}</tool_call>` blocks the 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -289,17 +288,19 @@ class LLMAgent(TextAgent):
         return segments
 
 
-def load_policy(path: str | Path, config: PolicyConfig | None = None) -> LLMPolicy:
-    return LLMPolicy.load(path, config)
+def llm_agents(policy: LLMPolicy):
+    """env -> builder of agents that act with `policy` in that env (what `experiments.evaluate` takes)."""
+
+    def for_env(env):
+        return lambda: LLMAgent(env.dataset, policy, protocol=env.codec, rec_k=env.config.rec_k)
+
+    return for_env
 
 
 def policy_config(node) -> PolicyConfig:
+    """A validated `PolicyConfig` from a `policy` config node."""
     from deeprec_env.config import typed
 
     config = typed(PolicyConfig, node)
     config.validate()
     return config
-
-
-def with_temperature(config: PolicyConfig, temperature: float) -> PolicyConfig:
-    return dataclasses.replace(config, temperature=temperature)

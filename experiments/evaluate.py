@@ -179,12 +179,23 @@ def comparison_row(pair: str, diff: dict) -> dict:
     }
 
 
+def llm_agent_builder(cfg: DictConfig) -> Callable:
+    """Agent `llm`: the policy at `policy.path` (e.g. a trained `runs/<dataset>-<policy>/stage2/final`)."""
+    from agents.llm import LLMPolicy, llm_agents, policy_config
+
+    if not cfg.policy.get("path"):
+        raise SystemExit("agent=llm needs policy.path=DIR (a model directory, e.g. runs/ml-100k-tiny/stage2/final)")
+    return llm_agents(LLMPolicy.load(cfg.policy.path, policy_config(cfg.policy)))
+
+
 def evaluate(cfg: DictConfig, extra_agents: dict[str, Callable] | None = None, env=None, out=None) -> list[dict]:
-    """Evaluate `cfg.agent` (plus `extra_agents`: name -> text-agent builder, e.g. trained LLM policies) on the
+    """Evaluate `cfg.agent` (plus `extra_agents`: name -> (env -> text-agent builder), e.g. LLM policies) on the
     same users; text agents act through `env` (built from `cfg` when None). Writes results into `out` (default:
     the Hydra run directory)."""
     extra_agents = dict(extra_agents or {})
     agents = list(cfg.agent) if isinstance(cfg.agent, ListConfig) else [str(cfg.agent)]
+    if "llm" in agents and "llm" not in extra_agents:
+        extra_agents["llm"] = llm_agent_builder(cfg)
     agents += [a for a in extra_agents if a not in agents]
     dataset, root = prepare(cfg, models=[])
     users = evaluation_users(cfg, dataset)
@@ -202,7 +213,7 @@ def evaluate(cfg: DictConfig, extra_agents: dict[str, Callable] | None = None, e
 
                 env = build_env(cfg, split=cfg.split)
             outcomes[agent], stats[agent] = text_agent_evaluation(
-                cfg, dataset, env, users, agent, extra_agents.get(agent)
+                cfg, dataset, env, users, agent, extra_agents[agent](env) if agent in extra_agents else None
             )
             continue
         scorer, queries = builders[agent]()

@@ -19,7 +19,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from agents.llm import LLMAgent, LLMPolicy, policy_config, policy_dir
+from agents.llm import LLMPolicy, llm_agents, policy_config, policy_dir
 from agents.training.grpo import GRPOStageConfig, train_grpo
 from agents.training.monitor import ValidationCallback, policy_episodes, validation_scalars
 from agents.training.warm_start import WarmStartConfig, teacher_episodes, warm_start
@@ -157,14 +157,10 @@ def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], valid_us
         node.agent = list(cfg.trainer.evaluation.agents)
         node.eval.max_users = cfg.trainer.evaluation.users
     env = stage_env(node, None, cfg.split)
-    policies = {name: LLMPolicy.load(path, policy_config(cfg.policy)) for name, path in models.items()}
-
-    def builder(policy):
-        return lambda: LLMAgent(env.dataset, policy, protocol=env.codec, rec_k=env.config.rec_k)
-
+    policies = {name: llm_agents(LLMPolicy.load(path, policy_config(cfg.policy))) for name, path in models.items()}
     evaluation = out / "evaluation"
     evaluation.mkdir(parents=True, exist_ok=True)
-    records = evaluate(node, {name: builder(p) for name, p in policies.items()}, env=env, out=evaluation)
+    records = evaluate(node, policies, env=env, out=evaluation)
     return {"validation": validation, "test": records}
 
 

@@ -210,3 +210,61 @@ def test_unknown_agent_is_one_clear_line(tmp_path):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "unknown agent 'nope'" in done.stderr
+
+
+def test_interrupted_training_keeps_the_best_validated_weights(synthetic, monkeypatch):
+    from deeprec_env.trm.train import train_model
+
+    real_step, calls = torch.optim.AdamW.step, [0]
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 25:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of an optimizer step
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    train = TrainConfig(eval_every=10, valid_users=None)
+    model, log = train_model(
+        synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train), progress=False
+    )
+    assert log["stop_reason"] == "interrupted" and log["steps"] == 25
+    assert log["best_step"] in (10, 20) and len(log["evaluations"]) == 2
+    again = evaluate_scorer(
+        InProcessRetriever(model).scores, synthetic, synthetic.eval_users("valid"), "valid", list_k=1
+    )
+    assert again.per_user()["ndcg@10"].mean() == pytest.approx(log["best_valid_ndcg10"], abs=1e-6)
+
+
+def test_interrupt_before_any_validation_propagates(synthetic, monkeypatch):
+    from deeprec_env.trm.train import train_model
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1)), progress=False)
+
+
+def test_sigterm_stops_training_like_ctrl_c(synthetic, monkeypatch):
+    import os
+    import signal
+
+    from deeprec_env.trm.train import train_model
+
+    real_step, calls = torch.optim.AdamW.step, [0]
+
+    def step_then_terminate(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 15:
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` from another shell
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_terminate)
+    train = TrainConfig(eval_every=10, valid_users=None)
+    _, log = train_model(
+        synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train), progress=False
+    )
+    assert log["stop_reason"] == "interrupted" and log["best_step"] == 10
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored after training

@@ -197,3 +197,26 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     assert records["grpo-stage2"]["n_users"] == 6
     events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert {p.relative_to(run / "tensorboard").parts[0] for p in events} >= {"warm_start", "stage1", "stage2"}
+
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.evaluate",
+            *PIPELINE,
+            "agent=[trm-agent,llm]",
+            f"policy.path={run / 'stage2' / 'final'}",
+            "env.protocol=chat",
+            "env.max_turns=3",
+            "eval.max_users=4",
+            f"artifacts={tmp_path / 'artifacts'}",
+            f"hydra.run.dir={tmp_path / 'evaluate'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    llm = json.loads((tmp_path / "evaluate" / "results.json").read_text())[1]
+    assert llm["agent"] == "llm" and llm["n_users"] == 4 and "format_ok" in llm["episode"]

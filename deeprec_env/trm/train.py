@@ -14,10 +14,13 @@ improvement and keeps the best weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +86,23 @@ def _queries_for(targets: torch.Tensor, query_bank: torch.Tensor, train: TrainCo
     return targets, query_bank[targets, variant] * keep.unsqueeze(-1)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (`kill PID`) stops training like Ctrl-C: background jobs ignore SIGINT, so this is how they stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train_model(
     dataset: RecDataset,
     config: TRMConfig,
@@ -121,43 +141,44 @@ def train_model(
     bar = tqdm(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
     model.train()
     stop_reason = "max_steps"
-    try:
-        for step, (epoch, batch) in enumerate(batches(), start=1):
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
-            items = model.item_vectors()
-            states, targets = model.sequence_states(inputs, items)[real], targets[real]
-            if config.model.fuse_query:
-                targets, queries = _queries_for(targets, query_bank, train, gen)
-                states = model.fuse(states, queries)
-            loss = F.cross_entropy(model.logits(states, items), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update()
-            if step % train.eval_every and step < train.max_steps:
-                continue
-            score = validate()
-            log_["evaluations"].append(
-                {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
-            )
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
-            losses = []
-            if score > best_score:
-                best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-            else:
-                stale += 1
-            if stale >= train.patience:
-                stop_reason = "patience"
-                break
-            if step >= train.max_steps:
-                break
-    except KeyboardInterrupt:  # Ctrl-C ends training early but keeps the best weights validated so far
-        if best_state is None:
-            raise
-        stop_reason = "interrupted"
-        log.warning("training interrupted at step %d: keeping the best validated weights", step)
+    with _sigterm_interrupts():
+        try:
+            for step, (epoch, batch) in enumerate(batches(), start=1):
+                inputs, targets = batch[:, :-1], batch[:, 1:]
+                real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
+                items = model.item_vectors()
+                states, targets = model.sequence_states(inputs, items)[real], targets[real]
+                if config.model.fuse_query:
+                    targets, queries = _queries_for(targets, query_bank, train, gen)
+                    states = model.fuse(states, queries)
+                loss = F.cross_entropy(model.logits(states, items), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                bar.update()
+                if step % train.eval_every and step < train.max_steps:
+                    continue
+                score = validate()
+                log_["evaluations"].append(
+                    {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
+                )
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
+                losses = []
+                if score > best_score:
+                    best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                if stale >= train.patience:
+                    stop_reason = "patience"
+                    break
+                if step >= train.max_steps:
+                    break
+        except KeyboardInterrupt:  # Ctrl-C ends training early but keeps the best weights validated so far
+            if best_state is None:
+                raise
+            stop_reason = "interrupted"
+            log.warning("training interrupted at step %d: keeping the best validated weights", step)
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
