@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.training.checkpoints import finish_from, last_checkpoint
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.protocol import _render_assistant
 
@@ -147,17 +148,20 @@ def train_grpo(
     `out_dir` and a rerun resumes from the last one. Returns the final model directory (`out_dir/final`)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOConfig, GRPOTrainer
 
+    final = out_dir / "final"
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    tokenizer.padding_side = "left"
+    resume, finished = last_checkpoint(out_dir)
+    if finished:
+        return finish_from(resume, tokenizer, final)
     probe = make_env()
     names, weights = active_components(probe)
     rows = []
     for user in users:  # the env renders every prompt; the adapter's reset starts the same episode
         probe.reset(options={"user": int(user), "split": "train"})
         rows.append({"prompt": probe.prompt, "user": int(user), "split": "train"})
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(policy_path)
     args = GRPOConfig(
         output_dir=str(out_dir),
@@ -192,11 +196,9 @@ def train_grpo(
         environment_factory=lambda: DeepRecToolEnv(make_env()),
         callbacks=list(callbacks),
     )
-    resume = get_last_checkpoint(str(out_dir)) if out_dir.exists() else None
     if resume:
         log.info("GRPO (%s) resumes from %s", config.reward, resume)
     trainer.train(resume_from_checkpoint=resume)
-    final = out_dir / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(final)
     trainer.state.save_to_json(str(final / "trainer_state.json"))  # the log history, for learning curves

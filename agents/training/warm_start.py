@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agents.baselines import TEXT_AGENTS
 from agents.rollout import rollout, vector_env
+from agents.training.checkpoints import finish_from, last_checkpoint
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import TOOL_NAME, TOOL_SCHEMA, get_codec
@@ -87,11 +88,13 @@ def warm_start(
     last one). Returns the directory of the final model (`out_dir/final`)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     final = out_dir / "final"
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    resume, finished = last_checkpoint(out_dir)
+    if finished:
+        return finish_from(resume, tokenizer, final)
     serving_template = tokenizer.chat_template
     tokenizer.chat_template = training_chat_template(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(policy_path)
@@ -118,7 +121,6 @@ def warm_start(
     if logging_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    resume = get_last_checkpoint(str(out_dir)) if out_dir.exists() else None
     if resume:
         log.info("warm start resumes from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
