@@ -162,8 +162,9 @@ def bench_env_steps(cfg: DictConfig) -> dict:
                 agent_seconds[0] += time.perf_counter() - started
 
     env = build_env(cfg, split="test")
+    untimed = env.retriever
     for form, n_envs in (("single", 1), ("vector", cfg.eval.n_envs)):
-        retriever = env.retriever = TimedRetriever(getattr(env.retriever, "inner", env.retriever))
+        retriever = env.retriever = TimedRetriever(untimed)
         agent_seconds[0] = 0.0
         started = time.perf_counter()
         episodes, _ = rollout(

@@ -232,22 +232,19 @@ def train(cfg: DictConfig) -> dict:
     models: dict[str, Path] = {}
     timings: dict[str, float] = {}
     current = policy_dir(policy_config(cfg.policy), dataset, root)
-    for phase in PHASES:
-        if phase not in cfg.trainer.phases:
-            continue
+    results = None
+    for phase in [p for p in PHASES if p in cfg.trainer.phases]:
         started = time.perf_counter()
         if phase == "warm_start":
             current = models["warm-start"] = run_warm_start(cfg, out, current)
         elif phase in ("stage1", "stage2"):
-            current = run_stage(cfg, out, phase, current, valid_users)
-            models[f"grpo-{phase}"] = current
+            current = models[f"grpo-{phase}"] = run_stage(cfg, out, phase, current, valid_users)
         else:
-            models = {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
-            results = run_evaluation(cfg, out, models, valid_users)
-            timings[phase] = round(time.perf_counter() - started, 1)
-            log.info("report: %s", write_report(cfg, out, results, timings))
-            continue
+            compared = {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
+            results = run_evaluation(cfg, out, compared, valid_users)
         timings[phase] = round(time.perf_counter() - started, 1)
+    if results is not None:
+        log.info("report: %s", write_report(cfg, out, results, timings))
     write_json(out / "timings.json", timings)
     log.info("outputs in %s (TensorBoard: tensorboard --logdir %s)", out, out / "tensorboard")
     return timings

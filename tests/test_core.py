@@ -212,22 +212,31 @@ def test_unknown_agent_is_one_clear_line(tmp_path):
     assert "unknown agent 'nope'" in done.stderr
 
 
-def test_interrupted_training_keeps_the_best_validated_weights(synthetic, monkeypatch):
+def _train_with(synthetic, monkeypatch, on_step):
+    """Train a tiny model (validation every 10 steps, all validation users); `on_step(n)` runs before the n-th
+    optimizer step."""
     from deeprec_env.trm.train import train_model
 
     real_step, calls = torch.optim.AdamW.step, [0]
 
-    def step_then_interrupt(self, *args, **kwargs):
+    def step(self, *args, **kwargs):
         calls[0] += 1
-        if calls[0] == 25:
-            raise KeyboardInterrupt  # what Ctrl-C does in the middle of an optimizer step
+        on_step(calls[0])
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     train = TrainConfig(eval_every=10, valid_users=None)
-    model, log = train_model(
+    return train_model(
         synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train), progress=False
     )
+
+
+def test_interrupted_training_keeps_the_best_validated_weights(synthetic, monkeypatch):
+    def interrupt_at_25(n):
+        if n == 25:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of an optimizer step
+
+    model, log = _train_with(synthetic, monkeypatch, interrupt_at_25)
     assert log["stop_reason"] == "interrupted" and log["steps"] == 25
     assert log["best_step"] in (10, 20) and len(log["evaluations"]) == 2
     again = evaluate_scorer(
@@ -237,34 +246,21 @@ def test_interrupted_training_keeps_the_best_validated_weights(synthetic, monkey
 
 
 def test_interrupt_before_any_validation_propagates(synthetic, monkeypatch):
-    from deeprec_env.trm.train import train_model
-
-    def interrupt(self, *args, **kwargs):
+    def interrupt(n):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_model(synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1)), progress=False)
+        _train_with(synthetic, monkeypatch, interrupt)
 
 
 def test_sigterm_stops_training_like_ctrl_c(synthetic, monkeypatch):
     import os
     import signal
 
-    from deeprec_env.trm.train import train_model
-
-    real_step, calls = torch.optim.AdamW.step, [0]
-
-    def step_then_terminate(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 15:
+    def terminate_at_15(n):
+        if n == 15:
             os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` from another shell
-        return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_terminate)
-    train = TrainConfig(eval_every=10, valid_users=None)
-    _, log = train_model(
-        synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train), progress=False
-    )
+    _, log = _train_with(synthetic, monkeypatch, terminate_at_15)
     assert log["stop_reason"] == "interrupted" and log["best_step"] == 10
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored after training

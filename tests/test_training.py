@@ -163,6 +163,8 @@ def test_last_checkpoint_tells_a_finished_phase_from_an_interrupted_one(tmp_path
     (tmp_path / "checkpoint-12").mkdir()
     (tmp_path / "checkpoint-12" / "trainer_state.json").write_text(json.dumps({"global_step": 12, "max_steps": 12}))
     assert last_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-12"), True)
+    (tmp_path / "checkpoint-13").mkdir()  # cut short by a kill: no trainer state yet
+    assert last_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-12"), True)
 
 
 def _train_command(tmp_path: Path) -> list[str]:

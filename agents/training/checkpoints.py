@@ -1,9 +1,11 @@
-"""Resuming a phase: its newest checkpoint, and finishing a phase whose last step was already checkpointed."""
+"""What every training phase shares: CPU trainer settings with TensorBoard logs and checkpoints, resuming from
+the newest checkpoint, and writing the phase's `final/` model."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -11,16 +13,21 @@ log = logging.getLogger(__name__)
 
 
 def last_checkpoint(out_dir: Path) -> tuple[str | None, bool]:
-    """The newest `checkpoint-N` in `out_dir` (None if there is none) and whether it already holds the run's last
-    step: a kill after the last checkpoint but before `final/` was written. Resuming such a checkpoint would make
-    the Trainer take one step more than `max_steps`, so it is finished with `finish_from` instead."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    path = get_last_checkpoint(str(out_dir)) if out_dir.exists() else None
-    if path is None:
+    """The newest complete `checkpoint-N` in `out_dir` (None if there is none) and whether it already holds the
+    run's last step. A checkpoint is complete once its `trainer_state.json` is written (the Trainer writes it last),
+    so one cut short by a kill is passed over. A checkpoint at the last step means a kill after the last checkpoint
+    but before `final/` was written: resuming it would make the Trainer take one step more than `max_steps`, so it
+    is finished with `finish_from` instead."""
+    steps = []
+    for path in out_dir.glob("checkpoint-*") if out_dir.exists() else ():
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").exists():
+            steps.append((int(suffix), path))
+    if not steps:
         return None, False
-    state = json.loads((Path(path) / "trainer_state.json").read_text())
-    return path, state["global_step"] >= state["max_steps"]
+    path = max(steps)[1]
+    state = json.loads((path / "trainer_state.json").read_text())
+    return str(path), state["global_step"] >= state["max_steps"]
 
 
 def finish_from(checkpoint: str, tokenizer, final: Path) -> Path:
@@ -31,4 +38,32 @@ def finish_from(checkpoint: str, tokenizer, final: Path) -> Path:
     AutoModelForCausalLM.from_pretrained(checkpoint).save_pretrained(final)
     tokenizer.save_pretrained(final)
     shutil.copy(Path(checkpoint) / "trainer_state.json", final / "trainer_state.json")
+    return final
+
+
+def trainer_settings(out_dir: Path, save_steps: int, seed: int, logging_dir: Path | None) -> dict:
+    """The TRL config fields every phase uses: checkpoints in `out_dir`, TensorBoard logs in `logging_dir`, CPU."""
+    if logging_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)  # where transformers' TensorBoard callback writes
+    return {
+        "output_dir": str(out_dir),
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "report_to": ["tensorboard"],
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "seed": seed,
+        "dataloader_num_workers": 0,
+    }
+
+
+def train_and_save(trainer, resume: str | None, final: Path, what: str) -> Path:
+    """Train (from `resume` when given), then write the model and the trainer state to `final/` (the caller adds
+    the tokenizer it serves with)."""
+    if resume:
+        log.info("%s resumes from %s", what, resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(final))
+    trainer.state.save_to_json(str(final / "trainer_state.json"))  # the log history, for learning curves
     return final

@@ -18,19 +18,15 @@ are logged through TRL's `log_metric`.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from agents.training.checkpoints import finish_from, last_checkpoint
+from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.protocol import _render_assistant
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -164,7 +160,6 @@ def train_grpo(
         rows.append({"prompt": probe.prompt, "user": int(user), "split": "train"})
     model = AutoModelForCausalLM.from_pretrained(policy_path)
     args = GRPOConfig(
-        output_dir=str(out_dir),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
@@ -176,17 +171,8 @@ def train_grpo(
         max_tool_calling_iterations=probe.config.max_tool_calls,
         reward_weights=weights,
         logging_steps=1,
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to=["tensorboard"],
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=seed,
-        dataloader_num_workers=0,
+        **trainer_settings(out_dir, config.save_steps, seed, logging_dir),
     )
-    if logging_dir is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=component_rewards(names, probe.config.rec_k),
@@ -196,10 +182,6 @@ def train_grpo(
         environment_factory=lambda: DeepRecToolEnv(make_env()),
         callbacks=list(callbacks),
     )
-    if resume:
-        log.info("GRPO (%s) resumes from %s", config.reward, resume)
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(final))
+    train_and_save(trainer, resume, final, f"GRPO ({config.reward or 'root reward'})")
     tokenizer.save_pretrained(final)
-    trainer.state.save_to_json(str(final / "trainer_state.json"))  # the log history, for learning curves
     return final

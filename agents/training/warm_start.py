@@ -8,20 +8,16 @@ tool call becomes a structured `tool_calls` entry that the chat template renders
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agents.baselines import TEXT_AGENTS
 from agents.rollout import rollout, vector_env
-from agents.training.checkpoints import finish_from, last_checkpoint
+from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import TOOL_NAME, TOOL_SCHEMA, get_codec
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +96,6 @@ def warm_start(
     model = AutoModelForCausalLM.from_pretrained(policy_path)
     data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
     args = SFTConfig(
-        output_dir=str(out_dir),
         num_train_epochs=config.epochs,
         learning_rate=config.lr,
         lr_scheduler_type="cosine",
@@ -109,23 +104,10 @@ def warm_start(
         max_length=config.max_length,
         assistant_only_loss=True,
         logging_steps=5,
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to=["tensorboard"],
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=seed,
-        dataloader_num_workers=0,
+        **trainer_settings(out_dir, config.save_steps, seed, logging_dir),
     )
-    if logging_dir is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    if resume:
-        log.info("warm start resumes from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
-    tokenizer.chat_template = serving_template
-    trainer.save_model(str(final))
+    train_and_save(trainer, resume, final, "warm start")
+    tokenizer.chat_template = serving_template  # final/ serves with the plain template (TRL swaps it as needed)
     tokenizer.save_pretrained(final)
-    trainer.state.save_to_json(str(final / "trainer_state.json"))  # the log history, for learning curves
     return final
