@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m experiments.pipeline
+	$(PY) -m experiments.train trainer=demo
 
 test: setup
 	$(PY) -m pytest

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.protocol import (
     ALL_TAGS,
+    INSTRUCTIONS,
     TOOL_SCHEMA,
     ProtocolConfig,
     _instructions,
@@ -67,10 +68,9 @@ def chat_template() -> str:
 
 
 def _protocol_texts(protocol: ProtocolConfig) -> list[str]:
-    """The fixed strings every episode contains: both codecs' instructions, tags and the tool schema."""
+    """The fixed strings every episode contains: both codecs' instructions (full and brief), tags, the tool schema."""
     return [
-        _instructions("chat", protocol),
-        _instructions("tags", protocol),
+        *(_instructions(kind, replace(protocol, instructions=i)) for kind in ("chat", "tags") for i in INSTRUCTIONS),
         " ".join(ALL_TAGS),
         json.dumps(TOOL_SCHEMA),
         json.dumps({"name": "retrieve", "arguments": {"preference": "comedy; 1990s"}}),
@@ -179,6 +179,7 @@ def policy_dir(config: PolicyConfig, dataset: RecDataset, dataset_root: Path) ->
     if config.name == "smollm2-135m":
         return cached(dataset_root.parent.parent / "models" / "smollm2-135m-instruct", _convert_smollm2, "SmolLM2")
     shape = {f: getattr(config, f) for f in ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "seed")}
+    shape["protocol_texts"] = config_hash(_protocol_texts(ProtocolConfig()))  # the tokenizer's fixed corpus
     return cached(
         dataset_root / f"policy-tiny-{config_hash(shape)}",
         lambda out: _build_tiny(dataset, config, out),

@@ -7,9 +7,12 @@ from typing import Any
 
 
 def typed(schema: type, node: Any) -> Any:
-    """Validate a config node against its dataclass and return the dataclass instance."""
-    from omegaconf import OmegaConf
+    """Validate a config node against its dataclass and return the dataclass instance. Interpolations are
+    resolved against the node's root first (`trm.backbone: ${sasrec}`)."""
+    from omegaconf import DictConfig, OmegaConf
 
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 

@@ -64,6 +64,7 @@ from gymnasium import spaces
 from deeprec_env.data.dataset import SPLITS, RecDataset
 from deeprec_env.episode import Episode, ToolCall
 from deeprec_env.protocol import (
+    INSTRUCTIONS,
     PREF_CLOSE,
     PREF_OPEN,
     REC_CLOSE,
@@ -97,6 +98,7 @@ class EnvConfig:
     max_episode_tokens: int = 8192  # prompt + agent segments + observations, as counted by `count_tokens`
     card_chars: int | None = 80  # per item card (None: uncut)
     history_items: int = 20  # most recent history items shown in the prompt
+    instructions: str = "full"  # system instructions: "full" (the paper's) | "brief" (for small policies)
     fuzzy_threshold: float = 90.0  # rapidfuzz ratio a fuzzy title match needs
     exclude_history: bool = True  # tool calls never return the user's history items
     reward_mode: str = "terminal"  # "terminal" | "per_turn"
@@ -108,6 +110,8 @@ class EnvConfig:
             raise ValueError(f"unknown env.split {self.split!r}; use one of {SPLITS}")
         if self.reward_mode not in REWARD_MODES:
             raise ValueError(f"unknown env.reward_mode {self.reward_mode!r}; use one of {REWARD_MODES}")
+        if self.instructions not in INSTRUCTIONS:
+            raise ValueError(f"unknown env.instructions {self.instructions!r}; use one of {INSTRUCTIONS}")
         for name in ("recall_k", "rec_k", "max_tool_calls", "max_turns", "max_episode_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"env.{name} must be >= 1, got {getattr(self, name)}")
@@ -122,6 +126,7 @@ class EnvConfig:
             card_chars=self.card_chars,
             history_items=self.history_items,
             fuzzy_threshold=self.fuzzy_threshold,
+            instructions=self.instructions,
         )
 
 

@@ -76,6 +76,7 @@ class ProtocolConfig:
     card_chars: int = 80  # per item card
     history_items: int = 20  # most recent history items shown in the prompt
     fuzzy_threshold: float = 90.0  # rapidfuzz ratio (0-100) a fuzzy title match needs
+    instructions: str = "full"  # "full" (the paper's instructions) | "brief" (the task in three sentences)
 
 
 # --- actions ----------------------------------------------------------------------------------------------------
@@ -511,9 +512,27 @@ def _history(history_cards: Sequence[str], config: ProtocolConfig) -> str:
     return numbered(cards) if cards else "(no interactions yet)"
 
 
+INSTRUCTIONS = ("full", "brief")
+
+
 def _instructions(kind: str, config: ProtocolConfig) -> str:
-    """A paraphrase of the paper's `base_prompt_rec` instructions, for either codec."""
+    """A paraphrase of the paper's `base_prompt_rec` instructions, for either codec, or (`brief`) the task alone:
+    small policies learn the protocol from demonstrations, and the full text is half of every episode's tokens."""
     k = config.rec_k
+    if config.instructions == "brief":
+        phrases = 'short preference phrases separated by ";"'
+        if kind == "tags":
+            how, close = (
+                f"write {phrases} between {PREF_OPEN} and {PREF_CLOSE}",
+                f"close your reasoning with {THINK_CLOSE}, then ",
+            )
+        else:
+            how, close = f"call `{TOOL_NAME}(preference)` with {phrases}", ""
+        return (
+            f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {config.max_tool_calls} "
+            f"calls, {config.recall_k} items each). Finally {close}answer exactly {k} retrieved titles, best first, "
+            f"numbered, in {REC_OPEN} {REC_CLOSE}."
+        )
     if kind == "tags":
         tool = (
             "The tool input format (you write it):\n"

@@ -82,7 +82,7 @@ def done(phase_dir: Path) -> bool:
     return (phase_dir / "final" / "config.json").exists()
 
 
-def run_warm_start(cfg: DictConfig, out: Path, initial: Path) -> Path:
+def run_warm_start(cfg: DictConfig, out: Path, initial: Path, valid_users: np.ndarray) -> Path:
     phase = out / "warm_start"
     if done(phase):
         log.info("warm start already done: %s", phase / "final")
@@ -91,7 +91,25 @@ def run_warm_start(cfg: DictConfig, out: Path, initial: Path) -> Path:
     env = stage_env(cfg, None, "train")
     users = seeded_sample(env.dataset.eval_users("train"), config.users, cfg.seed)
     episodes = teacher_episodes(env, users, config.teacher, cfg.trainer.n_envs, cfg.seed)
-    return warm_start(initial, episodes, config, phase, cfg.seed, out / "tensorboard" / "warm_start")
+    callback = validation_callback(cfg, out, "warm_start", config.eval_every, valid_users)
+    final = warm_start(initial, episodes, config, phase, cfg.seed, out / "tensorboard" / "warm_start", [callback])
+    write_json(phase / "validation.json", {"history": callback.history})
+    return final
+
+
+def validation_callback(
+    cfg: DictConfig, out: Path, phase: str, every: int, valid_users: np.ndarray
+) -> ValidationCallback:
+    """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard."""
+    return ValidationCallback(
+        env_factory(stage_env(cfg, "rec", "valid")),
+        valid_users,
+        out / "tensorboard" / phase,
+        every,
+        policy_config(cfg.policy),
+        cfg.trainer.n_envs,
+        phase,
+    )
 
 
 def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: np.ndarray) -> Path:
@@ -101,16 +119,7 @@ def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: n
         return phase / "final"
     stage = typed(GRPOStageConfig, cfg.trainer[name])
     env = stage_env(cfg, stage.reward, "train")
-    valid_env = stage_env(cfg, "rec", "valid")
-    callback = ValidationCallback(
-        env_factory(valid_env),
-        valid_users,
-        out / "tensorboard" / name,
-        stage.eval_every,
-        policy_config(cfg.policy),
-        cfg.trainer.n_envs,
-        name,
-    )
+    callback = validation_callback(cfg, out, name, stage.eval_every, valid_users)
     final = train_grpo(
         start,
         env_factory(env),
@@ -189,11 +198,17 @@ def learning_curves(out: Path) -> list[Path]:
                 ax.plot(*zip(*points, strict=True), label=key)
         validation = out / phase / "validation.json"
         if validation.exists():
-            points = [(h["step"], h["valid/reward"]) for h in json.loads(validation.read_text())["history"]]
-            ax.plot(*zip(*points, strict=True), "k--o", label="valid/reward (rec)")
+            checks = json.loads(validation.read_text())["history"]
+            steps = [h["step"] for h in checks]
+            ax.plot(steps, [h["valid/reward"] for h in checks], "k--o", label="valid/reward (rec)")
+            share = ax.twinx()
+            share.plot(steps, [h["valid/format_ok"] for h in checks], "g:s", label="valid/format_ok")
+            share.set_ylim(-0.02, 1.02)
+            share.set_ylabel("format pass rate")
+            share.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("step")
         ax.set_title(f"{phase}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
         path = out / f"curve_{phase}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -236,7 +251,7 @@ def train(cfg: DictConfig) -> dict:
     for phase in [p for p in PHASES if p in cfg.trainer.phases]:
         started = time.perf_counter()
         if phase == "warm_start":
-            current = models["warm-start"] = run_warm_start(cfg, out, current)
+            current = models["warm-start"] = run_warm_start(cfg, out, current, valid_users)
         elif phase in ("stage1", "stage2"):
             current = models[f"grpo-{phase}"] = run_stage(cfg, out, phase, current, valid_users)
         else:

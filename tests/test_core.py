@@ -19,6 +19,7 @@ from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
 from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train, training_windows
+from experiments.common import trm_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,3 +265,12 @@ def test_sigterm_stops_training_like_ctrl_c(synthetic, monkeypatch):
     _, log = _train_with(synthetic, monkeypatch, terminate_at_15)
     assert log["stop_reason"] == "interrupted" and log["best_step"] == 10
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored after training
+
+
+def test_trm_config_starts_from_the_sasrec_node():
+    from deeprec_env.registration import compose_config
+
+    cfg = compose_config(["sasrec.train.lr=0.01"])
+    trm, sasrec = trm_config(cfg.trm), trm_config(cfg.sasrec)
+    assert trm.backbone == sasrec and sasrec.train.lr == 0.01  # overrides of the backbone reach the TRM's key
+    assert sasrec.backbone is None and trm.model.fuse_query

@@ -329,6 +329,8 @@ def test_bad_config_is_one_clear_error(dataset, retriever):
         make_env(dataset, retriever, protocol="xml")
     with pytest.raises(ValueError, match="reward_mode"):
         make_env(dataset, retriever, reward_mode="sometimes")
+    with pytest.raises(ValueError, match="env.instructions"):
+        make_env(dataset, retriever, instructions="short")
     with pytest.raises(ValueError, match="reward_levels"):
         make_env(dataset, retriever, lambda ep: None, reward_mode="per_turn")
 
@@ -490,6 +492,9 @@ SMALL = [
     "trm.train.max_steps=20",
     "trm.train.eval_every=10",
     "trm.train.valid_users=50",
+    "sasrec.train.max_steps=20",  # the TRM's backbone
+    "sasrec.train.eval_every=10",
+    "sasrec.train.valid_users=50",
 ]
 
 

@@ -277,6 +277,19 @@ def test_chat_prompt_messages():
     assert REC_OPEN in messages[0]["content"] and "retrieve" in messages[0]["content"]
 
 
+def test_brief_instructions_state_the_limits_and_keep_the_prompt_layout():
+    brief = ProtocolConfig(history_items=2, rec_k=7, recall_k=5, max_tool_calls=3, instructions="brief")
+    full_text = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], ProtocolConfig(history_items=2, rec_k=7))
+    text = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], brief)
+    assert len(text) < len(full_text) / 3
+    assert text.endswith("User:\n1. Mid (1995)\n2. New (2000)\nAssistant:\n<think>\n")
+    assert "exactly 7 retrieved titles" in text and "at most 3 calls, 5 items each" in text
+    assert PREF_OPEN in text and REC_OPEN in text and THINK_CLOSE in text
+    assert extract_preferences(text) == [] and extract_answer(text) is None
+    system = CHAT.render_prompt(["A (1990)"], brief)[0]["content"]
+    assert "`retrieve(preference)`" in system and PREF_OPEN not in system
+
+
 def test_get_codec():
     assert isinstance(get_codec("tags"), TagsCodec) and get_codec(CHAT) is CHAT
     with pytest.raises(ValueError, match="env.protocol"):

@@ -21,6 +21,9 @@ SMALL = [
     "trm.train.max_steps=200",
     "trm.train.eval_every=100",
     "trm.train.valid_users=100",
+    "sasrec.train.max_steps=200",  # the TRM's backbone
+    "sasrec.train.eval_every=100",
+    "sasrec.train.valid_users=100",
 ]
 AGENTS = {"scripted": ScriptedAgent, **PROBES}
 
@@ -71,8 +74,14 @@ def test_scripted_reference_is_well_formed(results, preset):
     assert scripted["format_ok"] == 1.0
 
 
-@pytest.mark.parametrize("probe", list(PROBES))
-@pytest.mark.parametrize("preset", PRESETS)
+# `rec` pays no query terms, so repeating one honest query is a ranking strategy there, not a hack of the reward. On
+# synthetic data (users draw from latent category mixtures, so a query naming the main category is the best
+# ranking) it out-ranks the scripted teacher by outcome alone; on ml-100k the teacher leads by 0.79 reward
+# [0.52, 1.07] (`python -m experiments.probes dataset=ml-100k`).
+NOT_HACKS = {("rec", "identical-queries")}
+
+
+@pytest.mark.parametrize(("preset", "probe"), [(p, q) for p in PRESETS for q in PROBES if (p, q) not in NOT_HACKS])
 def test_probe_earns_less_than_scripted(results, preset, probe):
     honest, hack = results[(preset, "scripted")], results[(preset, probe)]
     gains = {n: hack["terms"][n] - honest["terms"][n] for n in hack["terms"] if hack["terms"][n] != honest["terms"][n]}

@@ -114,6 +114,8 @@ PIPELINE = [
     "prepare.models=[trm]",
     "trm.train.max_steps=60",
     "trm.train.eval_every=30",
+    "sasrec.train.max_steps=60",  # the TRM's backbone, trained first
+    "sasrec.train.eval_every=30",
     "policy.vocab_size=400",
     "policy.n_layer=1",
     "policy.n_head=2",
@@ -133,7 +135,7 @@ PIPELINE = [
     "trainer.evaluation.agents=[pop,trm,scripted]",
     "eval.bootstrap=50",
     "trainer.stage1.max_steps=3",
-    "trainer.stage2.max_steps=4",
+    "trainer.stage2.max_steps=6",
     *[
         f"trainer.{stage}.{key}"
         for stage in ("stage1", "stage2")
@@ -192,12 +194,11 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
         start_new_session=True,
     )
     deadline = time.time() + 240
-    while not (run / "stage2" / "checkpoint-1").exists():
+    while not (run / "stage2" / "checkpoint-1" / "trainer_state.json").exists():  # written last
         assert first.poll() is None, f"training stopped before stage 2: {first.stderr.read()[-2000:]}"
         assert time.time() < deadline, "stage 2 never wrote a checkpoint"
-        time.sleep(0.5)
-    time.sleep(1.0)  # let the checkpoint finish writing, then kill the whole process group mid-stage
-    os.killpg(first.pid, signal.SIGKILL)
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole process group, mid-stage
     first.wait()
     assert not (run / "stage2" / "final").exists()
 
@@ -208,7 +209,7 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     # mid-stage it resumes; killed after its last checkpoint (a slow machine), it finishes from that checkpoint
     assert "stage2/checkpoint-" in log and ("resumes from" in log or "already reached its last step" in log)
     state = json.loads((run / "stage2" / "final" / "trainer_state.json").read_text())
-    assert state["global_step"] == 4
+    assert state["global_step"] == 6
     for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
         assert (run / path).exists(), path
     records = {r["agent"]: r for r in json.loads((run / "evaluation" / "results.json").read_text())}

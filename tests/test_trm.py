@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from fakes import synthetic_dataset
 
 from deeprec_env.data.synthetic import synthetic_category_names
@@ -10,7 +11,7 @@ from deeprec_env.text import TextEncoder
 from deeprec_env.trm.model import ModelConfig
 from deeprec_env.trm.queries import category_query, query_phrasings
 from deeprec_env.trm.retriever import InProcessRetriever
-from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train
+from deeprec_env.trm.train import TrainConfig, TRMConfig, checkpoint_dir, initialise_from_backbone, load_or_train
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +19,18 @@ def trained(tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("artifacts")
     dataset = synthetic_dataset(artifacts, n_users=300, n_items=120, n_categories=4, min_len=8, max_len=20, seed=3)
     encoder = TextEncoder()
+    backbone = TRMConfig(
+        name="sasrec",
+        model=ModelConfig(max_len=10, hidden=32, n_layers=1, dropout=0.1),
+        train=TrainConfig(batch_size=64, max_steps=300, eval_every=100, patience=3),
+    )
     config = TRMConfig(
         name="trm",
         model=ModelConfig(max_len=10, hidden=32, n_layers=1, dropout=0.1, fuse_item_text=True, fuse_query=True),
-        train=TrainConfig(batch_size=64, max_steps=500, eval_every=100, patience=3, query_variants=2),
+        train=TrainConfig(
+            batch_size=64, max_steps=500, eval_every=100, patience=3, query_variants=2, lr=1e-3, sequence_loss=1.0
+        ),
+        backbone=backbone,
     )
     model, log = load_or_train(dataset, config, artifacts / "root", encoder, progress=False)
     return dataset, encoder, model, config, artifacts / "root", log
@@ -68,3 +77,19 @@ def test_trained_trm_is_cached_with_its_encoder(trained, caplog):
     )
     with pytest.raises(ValueError, match="pass a text encoder"):
         load_or_train(dataset, config, root, None)
+
+
+def test_backbone_initialises_shared_layers_and_zero_fusion(trained):
+    dataset, encoder, model, config, root, _ = trained
+    assert checkpoint_dir(config.backbone, root).exists()  # trained (and cached) before the TRM
+    backbone, _ = load_or_train(dataset, config.backbone, root, encoder, progress=False)
+    fresh = type(model)(dataset.n_items, config.model, model.item_text)
+    initialise_from_backbone(fresh, backbone)
+    assert torch.equal(fresh.item_vectors(), backbone.item_vectors())  # text fusion starts at zero
+    query = torch.randn(3, fresh.text_dim)
+    assert torch.count_nonzero(fresh.query_projection(query)) == 0  # so does the query
+    for name, weight in backbone.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], weight), name
+    wider = TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True))
+    with pytest.raises(ValueError, match="same model.max_len, model.hidden"):
+        initialise_from_backbone(type(model)(dataset.n_items, wider.model, model.item_text), backbone)

@@ -4,6 +4,7 @@ reward, written to TensorBoard (scalars and a sample transcript) at intervals du
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from agents.llm import LLMAgent, LLMPolicy, PolicyConfig
 from agents.rollout import rollout, vector_env
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.metrics import list_ranks, ranking_metrics
+
+log = logging.getLogger(__name__)
 
 
 def policy_episodes(
@@ -74,6 +77,7 @@ class ValidationCallback(TrainerCallback):
         model.train(was_training)
         scalars = validation_scalars(episodes, rewards)
         self.history.append({"step": state.global_step, **scalars})
+        log.info("%s step %d: %s", self.tag, state.global_step, " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
         with SummaryWriter(str(self.log_dir)) as writer:
             for name, value in scalars.items():
                 writer.add_scalar(f"{self.tag}/{name}", value, state.global_step)

@@ -31,6 +31,7 @@ class WarmStartConfig:
     batch_size: int = 8
     max_length: int = 4096  # tokens per example; longer ones are truncated
     save_steps: int = 50
+    eval_every: int = 50  # optimizer steps between validation rollouts (format pass rate, tool use, reward)
 
 
 def sft_messages(episode: Episode) -> list[dict]:
@@ -79,6 +80,7 @@ def warm_start(
     out_dir: Path,
     seed: int = 0,
     logging_dir: Path | None = None,
+    callbacks: Sequence = (),
 ) -> Path:
     """SFT the policy at `policy_path` on the teacher's episodes; checkpoints in `out_dir` (a rerun resumes from the
     last one). Returns the directory of the final model (`out_dir/final`)."""
@@ -106,7 +108,9 @@ def warm_start(
         logging_steps=5,
         **trainer_settings(out_dir, config.save_steps, seed, logging_dir),
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=list(callbacks)
+    )
     train_and_save(trainer, resume, final, "warm start")
     tokenizer.chat_template = serving_template  # final/ serves with the plain template (TRL swaps it as needed)
     tokenizer.save_pretrained(final)

@@ -5,11 +5,22 @@ Recipe. Each user's training sequence (validation and test targets removed) is c
 (SASRec). When the model is preference-aware, each predicted position also gets a query: one of the target
 item's pre-encoded phrasings of its metadata (`query_bank[target, variant]`, never the title verbatim),
 replaced by the empty query with probability `query_dropout` so the empty query stays plain sequential
-recommendation. A share `query_swap` of positions instead gets a random catalogue item as target together with
-that item's query (never dropped): without these counterfactual pairs every query agrees with the history and
-the model never learns to follow a query that leads away from it. Validation (empty query, a fixed user
+recommendation; with `sequence_loss` every target is also predicted with the empty query (an extra loss term),
+so the sequence-only path learns from every transition, not just the dropped share. A share `query_swap` of
+positions instead gets a random catalogue item as target together with that item's query (never dropped):
+without these counterfactual pairs every query agrees with the history and the model never learns to follow a
+query that leads away from it. Validation (empty query, a fixed user
 sample) runs every `eval_every` optimizer steps; training stops after `patience` validations without
 improvement and keeps the best weights.
+
+Backbone initialisation (`backbone`, the TRM's default: the trained SASRec). The shared layers (item id and
+position embeddings, transformer blocks, final norm, item bias) start from the backbone's trained weights and the
+fusion layers start at zero (item text projection, last layer of the query projection), so training begins at the
+backbone's sequential ranking and only has to learn what text and queries add. Trained from scratch, the
+query-fused model gets a sequence-only signal on just `query_dropout` of its targets and on Games (17k items,
+median history of 6) ended 11% below SASRec on test NDCG@10; started from SASRec but without `sequence_loss`,
+its validation NDCG@10 fell from 0.0667 after 100 steps to 0.0630-0.0647 over the next 800 (SASRec: 0.0683) as
+the queries took over; with it, it stayed at 0.066-0.068 and then climbed past SASRec.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ class TrainConfig:
     query_dropout: float = 0.3  # preference-aware training only: share of targets trained with the empty query
     query_variants: int = 4  # phrasings per item in the query bank
     query_swap: float = 0.1  # preference-aware training only: share of counterfactual (random target, its query)
+    sequence_loss: float = 0.0  # preference-aware training only: weight of an extra empty-query loss on every target
     seed: int = 0
 
 
@@ -63,6 +75,7 @@ class TRMConfig:
     name: str = "sasrec"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    backbone: TRMConfig | None = None  # a trained model whose shared layers initialise this one (see below)
 
 
 def training_windows(dataset: RecDataset, max_len: int) -> np.ndarray:
@@ -84,6 +97,26 @@ def _queries_for(targets: torch.Tensor, query_bank: torch.Tensor, train: TrainCo
     variant = torch.randint(query_bank.shape[1], targets.shape, generator=gen)
     keep = (torch.rand(targets.shape, generator=gen) >= train.query_dropout) | swap
     return targets, query_bank[targets, variant] * keep.unsqueeze(-1)
+
+
+def initialise_from_backbone(model: SequentialRecommender, backbone: SequentialRecommender) -> None:
+    """Copy the backbone's trained layers into `model` and zero its fusion outputs, so that the two rank alike."""
+    state = backbone.state_dict()
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(
+            f"backbone layers {mismatched[:3]} do not fit this model: give the backbone the same model.max_len, "
+            "model.hidden, model.n_layers and model.n_heads"
+        )
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        if model.config.fuse_item_text:
+            model.text_projection.weight.zero_()
+            model.text_projection.bias.zero_()
+        if model.config.fuse_query:
+            model.query_projection[-1].weight.zero_()
+            model.query_projection[-1].bias.zero_()
 
 
 def _interrupt(signum, frame):
@@ -109,14 +142,18 @@ def train_model(
     item_text: torch.Tensor | None = None,
     query_bank: torch.Tensor | None = None,
     progress: bool = True,
+    initial: SequentialRecommender | None = None,
 ) -> tuple[SequentialRecommender, dict]:
-    """Train on the training sequences and keep the weights with the best validation NDCG@10. Returns the model
-    (eval mode) and a training log with loss and validation NDCG@10 at every validation."""
+    """Train on the training sequences and keep the weights with the best validation NDCG@10, starting from the
+    trained `initial` backbone's shared layers if given. Returns the model (eval mode) and a training log with
+    loss and validation NDCG@10 at every validation."""
     train = config.train
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
     rng = np.random.default_rng(train.seed)
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
+    if initial is not None:
+        initialise_from_backbone(model, initial)
     if config.model.fuse_query and query_bank is None:
         raise ValueError("a preference-aware model needs a query_bank to train on")
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -148,10 +185,13 @@ def train_model(
                 real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
                 items = model.item_vectors()
                 states, targets = model.sequence_states(inputs, items)[real], targets[real]
+                loss = 0.0
+                if config.model.fuse_query and train.sequence_loss:
+                    loss = train.sequence_loss * F.cross_entropy(model.logits(model.fuse(states, None), items), targets)
                 if config.model.fuse_query:
                     targets, queries = _queries_for(targets, query_bank, train, gen)
                     states = model.fuse(states, queries)
-                loss = F.cross_entropy(model.logits(states, items), targets)
+                loss = loss + F.cross_entropy(model.logits(states, items), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -218,9 +258,20 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
     return np.load(directory / "embeddings.npy")
 
 
+_LATER_FIELDS = {("backbone",): None, ("train", "sequence_loss"): 0.0}
+
+
 def _checkpoint_key(config: TRMConfig, encoder=None) -> dict:
-    """What determines a trained model: the whole config and, for text models, the encoder."""
-    return asdict(config) | ({"encoder": encoder.name} if config.model.uses_text else {})
+    """What determines a trained model: the whole config (its backbone's included) and, for text models, the
+    encoder."""
+    key = asdict(config) | ({"encoder": encoder.name} if config.model.uses_text else {})
+    for *parents, name in _LATER_FIELDS:  # at their neutral value, fields added later leave the key as it was
+        node = key
+        for parent in parents:
+            node = node[parent]
+        if node[name] == _LATER_FIELDS[(*parents, name)]:
+            del node[name]
+    return key
 
 
 def checkpoint_dir(config: TRMConfig, cache_root: Path, encoder=None) -> Path:
@@ -253,13 +304,17 @@ def load_or_train(
     """The trained model for this dataset and config, from `checkpoint_dir` or trained now.
 
     Text fusion needs `encoder` (a `deeprec_env.text.TextEncoder`): item text embeddings and, for training a
-    preference-aware model, the query bank are computed with it (and cached)."""
+    preference-aware model, the query bank are computed with it (and cached). A `backbone` is loaded (or trained)
+    first."""
     item_text, _ = text_inputs(dataset, config, cache_root, encoder, for_training=False)
     directory = checkpoint_dir(config, cache_root, encoder)
 
     def build(tmp: Path) -> None:
         _, query_bank = text_inputs(dataset, config, cache_root, encoder, for_training=True)
-        model, train_log = train_model(dataset, config, item_text, query_bank, progress)
+        initial = None
+        if config.backbone is not None:
+            initial, _ = load_or_train(dataset, config.backbone, cache_root, encoder, progress)
+        model, train_log = train_model(dataset, config, item_text, query_bank, progress, initial)
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
         (tmp / "config.json").write_text(json.dumps(_checkpoint_key(config, encoder), indent=1))
