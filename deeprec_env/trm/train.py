@@ -186,9 +186,10 @@ def train_model(
                 items = model.item_vectors()
                 states, targets = model.sequence_states(inputs, items)[real], targets[real]
                 loss = 0.0
-                if config.model.fuse_query and train.sequence_loss:
-                    loss = train.sequence_loss * F.cross_entropy(model.logits(model.fuse(states, None), items), targets)
                 if config.model.fuse_query:
+                    if train.sequence_loss:
+                        empty = model.fuse(states, None)
+                        loss = train.sequence_loss * F.cross_entropy(model.logits(empty, items), targets)
                     targets, queries = _queries_for(targets, query_bank, train, gen)
                     states = model.fuse(states, queries)
                 loss = loss + F.cross_entropy(model.logits(states, items), targets)
@@ -258,19 +259,15 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
     return np.load(directory / "embeddings.npy")
 
 
-_LATER_FIELDS = {("backbone",): None, ("train", "sequence_loss"): 0.0}
-
-
 def _checkpoint_key(config: TRMConfig, encoder=None) -> dict:
     """What determines a trained model: the whole config (its backbone's included) and, for text models, the
     encoder."""
     key = asdict(config) | ({"encoder": encoder.name} if config.model.uses_text else {})
-    for *parents, name in _LATER_FIELDS:  # at their neutral value, fields added later leave the key as it was
-        node = key
-        for parent in parents:
-            node = node[parent]
-        if node[name] == _LATER_FIELDS[(*parents, name)]:
-            del node[name]
+    # fields added after checkpoints existed leave the key as it was while at their neutral value
+    if config.backbone is None:
+        del key["backbone"]
+    if not config.train.sequence_loss:
+        del key["train"]["sequence_loss"]
     return key
 
 
