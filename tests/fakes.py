@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from deeprec_env.data.dataset import RecDataset
-from deeprec_env.data.source import DatasetConfig, SyntheticConfig, load_dataset
+from deeprec_env.data.source import DatasetConfig, SyntheticConfig, data_roots, load_dataset
 
 
 class HashEncoder:
@@ -39,3 +39,8 @@ def synthetic_config(**sizes) -> DatasetConfig:
 def synthetic_dataset(artifacts: Path, **sizes) -> RecDataset:
     """A small synthetic dataset, cached under `artifacts`."""
     return load_dataset(synthetic_config(**sizes), artifacts)
+
+
+def real_data_root() -> Path:
+    """Where the real datasets are, found as the project finds them ($DEEPREC_DATA, ./data, ../shared/data)."""
+    return next((root for root in data_roots(None) if root.is_dir()), data_roots(None)[-1])

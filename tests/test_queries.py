@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import real_data_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +35,7 @@ from deeprec_env.trm.queries import (
     title_words,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = real_data_root()
 GAMES_TITLES = [
     "Call of Duty: Black Ops II - PlayStation 3",
     "Nintendo 3DS XL Charger",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import real_data_root
 from omegaconf import OmegaConf
 
 from deeprec_env.data.dataset import ItemMeta, RawInteractions, RecDataset, build_dataset
 from deeprec_env.data.readers import READERS
 from deeprec_env.data.source import DatasetConfig, DatasetError, load_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = real_data_root()
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 
 # u.genre order, written out independently of the reader's copy.
