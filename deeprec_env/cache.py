@@ -67,7 +67,13 @@ def cached(directory: Path, build: Callable[[Path], None], what: str) -> Path:
         build(tmp)
         manifest = {str(p.relative_to(tmp)): sha256_file(p) for p in _files(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, directory)
+        try:
+            os.replace(tmp, directory)
+        except OSError:  # another process built the same entry meanwhile: builds are deterministic, keep theirs
+            if not is_complete(directory):
+                raise
+            log.info("reusing cached %s at %s (built concurrently by another process)", what, directory)
+            return directory
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built %s at %s", what, directory)

@@ -157,9 +157,10 @@ def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], u
     return result
 
 
-def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], valid_users: np.ndarray) -> dict:
+def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], dataset) -> dict:
     from experiments.evaluate import evaluate
 
+    valid_users = seeded_sample(dataset.eval_users("valid"), cfg.trainer.evaluation.valid_users, cfg.seed)
     validation = compare_on_validation(cfg, out, models, valid_users)
     node = cfg.copy()
     with open_dict(node):
@@ -256,7 +257,7 @@ def train(cfg: DictConfig) -> dict:
             current = models[f"grpo-{phase}"] = run_stage(cfg, out, phase, current, valid_users)
         else:
             compared = {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
-            results = run_evaluation(cfg, out, compared, valid_users)
+            results = run_evaluation(cfg, out, compared, dataset)
         timings[phase] = round(time.perf_counter() - started, 1)
     if results is not None:
         log.info("report: %s", write_report(cfg, out, results, timings))

@@ -57,6 +57,21 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, caplog):
     assert (target / "a.txt").read_text() == "payload"
 
 
+def test_entry_built_concurrently_by_another_process_is_used(tmp_path, monkeypatch):
+    """Two runs building the same entry: the one that finishes second keeps the first one's entry."""
+    target = tmp_path / "entry"
+
+    def build(directory: Path) -> None:
+        (directory / "a.txt").write_text("ours")
+        with monkeypatch.context() as other_process:  # its own temporary directory, and it finishes first
+            other_process.setattr("deeprec_env.cache.os.getpid", lambda: -1)
+            cached(target, lambda d: (d / "a.txt").write_text("theirs"), "thing")
+
+    assert cached(target, build, "thing") == target
+    assert (target / "a.txt").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no temporary directory left behind
+
+
 def test_failed_build_leaves_nothing(tmp_path):
     def build(directory: Path) -> None:
         (directory / "half.txt").write_text("half")

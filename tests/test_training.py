@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.llm import train_tokenizer
+from agents.llm import PolicyConfig, tiny_model_config, train_tokenizer
 from agents.training.grpo import DeepRecToolEnv, active_components, component_rewards
 from agents.training.warm_start import sft_messages, teacher_episodes
 from deeprec_env.env import DeepRecEnv, EnvConfig
@@ -55,6 +55,26 @@ def test_tokenizer_keeps_protocol_tags_whole_and_supports_tool_calling(dataset):
     assert tokenizer.decode(tokenizer(card, add_special_tokens=False)["input_ids"]) == card
     assert supports_tool_calling(tokenizer)
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+
+
+@pytest.mark.parametrize(("arch", "model_type"), [("llama", "llama"), ("gpt2", "gpt2")])
+def test_tiny_policy_architectures_share_their_shape(dataset, arch, model_type):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = train_tokenizer(dataset, vocab_size=512)
+    config = PolicyConfig(arch=arch, n_layer=2, n_head=2, n_embd=32, n_positions=256)
+    model = AutoModelForCausalLM.from_config(tiny_model_config(config, tokenizer))
+    assert model.config.model_type == model_type
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    ids = tokenizer("<tool_call>", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+
+
+def test_unknown_tiny_architecture_is_one_clear_error():
+    with pytest.raises(ValueError, match="policy.arch 'bert'"):
+        PolicyConfig(arch="bert").validate()
 
 
 def test_sft_messages_render_tool_calls_that_parse_back(dataset, rec_env_factory):
@@ -132,6 +152,7 @@ PIPELINE = [
     "trainer.warm_start.save_steps=1",
     "trainer.validation.users=4",
     "trainer.evaluation.users=6",
+    "trainer.evaluation.valid_users=4",
     "trainer.evaluation.agents=[pop,trm,scripted]",
     "eval.bootstrap=50",
     "trainer.stage1.max_steps=3",
