@@ -24,6 +24,7 @@ from agents.training.grpo import GRPOStageConfig, train_grpo
 from agents.training.monitor import ValidationCallback, policy_episodes, validation_scalars
 from agents.training.warm_start import WarmStartConfig, teacher_episodes, warm_start
 from deeprec_env.config import typed
+from deeprec_env.data.dataset import RecDataset
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.metrics import paired_difference
 from experiments.common import CONFIG_PATH, markdown_table, write_json
@@ -157,7 +158,8 @@ def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], u
     return result
 
 
-def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], dataset) -> dict:
+def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], dataset: RecDataset) -> dict:
+    """Warm start vs stage 2 on `trainer.evaluation.valid_users` validation users, then the test table."""
     from experiments.evaluate import evaluate
 
     valid_users = seeded_sample(dataset.eval_users("valid"), cfg.trainer.evaluation.valid_users, cfg.seed)
