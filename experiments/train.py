@@ -93,15 +93,14 @@ def run_warm_start(cfg: DictConfig, out: Path, initial: Path, valid_users: np.nd
     users = seeded_sample(env.dataset.eval_users("train"), config.users, cfg.seed)
     episodes = teacher_episodes(env, users, config.teacher, cfg.trainer.n_envs, cfg.seed)
     callback = validation_callback(cfg, out, "warm_start", config.eval_every, valid_users)
-    final = warm_start(initial, episodes, config, phase, cfg.seed, out / "tensorboard" / "warm_start", [callback])
-    write_json(phase / "validation.json", {"history": callback.history})
-    return final
+    return warm_start(initial, episodes, config, phase, cfg.seed, out / "tensorboard" / "warm_start", [callback])
 
 
 def validation_callback(
     cfg: DictConfig, out: Path, phase: str, every: int, valid_users: np.ndarray
 ) -> ValidationCallback:
-    """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard."""
+    """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard
+    and to `out/phase/validation.json`."""
     return ValidationCallback(
         env_factory(stage_env(cfg, "rec", "valid")),
         valid_users,
@@ -110,6 +109,7 @@ def validation_callback(
         policy_config(cfg.policy),
         cfg.trainer.n_envs,
         phase,
+        out / phase / "validation.json",
     )
 
 
@@ -121,7 +121,7 @@ def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: n
     stage = typed(GRPOStageConfig, cfg.trainer[name])
     env = stage_env(cfg, stage.reward, "train")
     callback = validation_callback(cfg, out, name, stage.eval_every, valid_users)
-    final = train_grpo(
+    return train_grpo(
         start,
         env_factory(env),
         trainable_users(cfg, env, stage),
@@ -131,8 +131,6 @@ def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: n
         out / "tensorboard" / name,
         [callback],
     )
-    write_json(phase / "validation.json", {"history": callback.history})
-    return final
 
 
 def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], users: np.ndarray) -> dict:

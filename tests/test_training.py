@@ -202,6 +202,40 @@ def _train_command(tmp_path: Path) -> list[str]:
     ]
 
 
+def test_validation_history_is_written_as_it_happens_and_continued_on_resume(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from agents.training import monitor
+
+    monkeypatch.setattr(monitor, "LLMPolicy", lambda *args: None)
+    monkeypatch.setattr(monitor, "policy_episodes", lambda *args: ([SimpleNamespace()], [0.0]))
+    monkeypatch.setattr(monitor, "transcript_text", lambda episode: "")
+    scores = iter(range(100))
+    monkeypatch.setattr(monitor, "validation_scalars", lambda episodes, rewards: {"valid/reward": float(next(scores))})
+    path = tmp_path / "stage2" / "validation.json"
+
+    def callback():
+        return monitor.ValidationCallback(lambda: None, [1], tmp_path / "tb", 2, PolicyConfig(), 1, "stage2", path)
+
+    def history():
+        return [(h["step"], h["valid/reward"]) for h in json.loads(path.read_text())["history"]]
+
+    model = SimpleNamespace(training=True, train=lambda mode: None)
+    first = callback()
+    for step in (1, 2, 3, 4):
+        first.on_step_end(None, SimpleNamespace(global_step=step), None, model=model)
+    assert history() == [(2, 0.0), (4, 1.0)]  # on disk before training ends (a kill loses nothing validated)
+
+    resumed = callback()  # resumed from a checkpoint at step 3: step 4 is redone and its validation replaced
+    for step in (4, 5, 6):
+        resumed.on_step_end(None, SimpleNamespace(global_step=step), None, model=model)
+    resumed.on_train_end(None, SimpleNamespace(global_step=6), None, model=model)
+    assert history() == [(2, 0.0), (4, 2.0), (6, 3.0)]
+
+    callback().on_train_end(None, SimpleNamespace(global_step=6), None, model=model)  # already validated at 6
+    assert history() == [(2, 0.0), (4, 2.0), (6, 3.0)]
+
+
 def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
@@ -233,6 +267,10 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     assert state["global_step"] == 6
     for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
         assert (run / path).exists(), path
+    for phase in ("warm_start", "stage1"):  # finished before the kill: their validations survive the rerun
+        assert json.loads((run / phase / "validation.json").read_text())["history"], phase
+    stage2_checks = json.loads((run / "stage2" / "validation.json").read_text())["history"]
+    assert [check["step"] for check in stage2_checks] == [2, 4, 6]  # eval_every=2, across the kill
     records = {r["agent"]: r for r in json.loads((run / "evaluation" / "results.json").read_text())}
     assert set(records) == {"pop", "trm", "scripted", "warm-start", "grpo-stage2"}
     assert records["grpo-stage2"]["n_users"] == 6

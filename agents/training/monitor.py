@@ -51,7 +51,10 @@ def transcript_text(episode) -> str:
 
 
 class ValidationCallback(TrainerCallback):
-    """Every `every` optimizer steps (and at the end), run the policy greedily on the validation users and log."""
+    """Every `every` optimizer steps (and at the end), run the policy greedily on the validation users and log.
+
+    Each validation is also written to `history_path` as it happens (`{"history": [{"step": ..., ...}, ...]}`), and an
+    existing file is continued, so a resumed phase keeps the validations it made before the interruption."""
 
     def __init__(
         self,
@@ -62,10 +65,12 @@ class ValidationCallback(TrainerCallback):
         policy_config: PolicyConfig,
         n_envs: int,
         tag: str,
+        history_path: Path,
     ):
         self.make_env, self.users, self.every = make_env, list(users), every
         self.log_dir, self.policy_config, self.n_envs, self.tag = log_dir, policy_config, n_envs, tag
-        self.history: list[dict] = []
+        self.history_path = history_path
+        self.history: list[dict] = json.loads(history_path.read_text())["history"] if history_path.exists() else []
 
     def _validate(self, state, model, tokenizer) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -76,7 +81,11 @@ class ValidationCallback(TrainerCallback):
         )
         model.train(was_training)
         scalars = validation_scalars(episodes, rewards)
+        # a resumed phase redoes the steps after its checkpoint: their earlier validations are replaced
+        self.history = [h for h in self.history if h["step"] < state.global_step]
         self.history.append({"step": state.global_step, **scalars})
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        self.history_path.write_text(json.dumps({"history": self.history}, indent=1))
         log.info("%s step %d: %s", self.tag, state.global_step, " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
         with SummaryWriter(str(self.log_dir)) as writer:
             for name, value in scalars.items():
