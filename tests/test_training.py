@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agents.llm import PolicyConfig, tiny_model_config, train_tokenizer
 from agents.training.grpo import DeepRecToolEnv, active_components, component_rewards
@@ -157,6 +158,8 @@ PIPELINE = [
     "eval.bootstrap=50",
     "trainer.stage1.max_steps=3",
     "trainer.stage2.max_steps=6",
+    "trainer.stage2.scale_rewards=batch",
+    "trainer.stage2.loss_type=dr_grpo",
     *[
         f"trainer.{stage}.{key}"
         for stage in ("stage1", "stage2")
@@ -265,6 +268,8 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     assert "stage2/checkpoint-" in log and ("resumes from" in log or "already reached its last step" in log)
     state = json.loads((run / "stage2" / "final" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+    trl_args = torch.load(run / "stage2" / "checkpoint-6" / "training_args.bin", weights_only=False)
+    assert (trl_args.scale_rewards, trl_args.loss_type) == ("batch", "dr_grpo")  # the stage's config reaches TRL
     for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
         assert (run / path).exists(), path
     for phase in ("warm_start", "stage1"):  # finished before the kill: their validations survive the rerun

@@ -40,6 +40,8 @@ class GRPOStageConfig:
     lr: float = 5e-5
     beta: float = 0.04  # KL coefficient
     epsilon: float = 0.2  # clip range
+    scale_rewards: str = "group"  # advantage scale: group std (GRPO) | batch std | none (Dr. GRPO)
+    loss_type: str = "dapo"  # TRL's token-level loss normalisation: dapo | grpo | dr_grpo | bnpo
     temperature: float = 1.0
     max_completion_length: int = 1536  # generated + tool-result tokens per episode
     users: int = 400  # train-split users to draw prompts from (seeded)
@@ -166,6 +168,8 @@ def train_grpo(
         learning_rate=config.lr,
         beta=config.beta,
         epsilon=config.epsilon,
+        scale_rewards=config.scale_rewards,
+        loss_type=config.loss_type,
         temperature=config.temperature,
         max_completion_length=config.max_completion_length,
         max_tool_calling_iterations=probe.config.max_tool_calls,
