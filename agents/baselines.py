@@ -67,8 +67,8 @@ class TextAgent:
         return [i for i in ids if i is not None]
 
     def title(self, item: int) -> str:
-        """The answer line naming an item: its card's title with the year."""
-        return self.dataset.item_card(item).split(" | ")[0]
+        """The answer line naming an item: its title with the year."""
+        return self.dataset.item_name(item)
 
     def answer_lines(self, lines: Sequence[str], reasoning: str) -> str:
         """The final segment: reasoning, `</think>` (tags codec), then an answer block with exactly these lines."""

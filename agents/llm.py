@@ -86,13 +86,15 @@ def _protocol_texts(protocol: ProtocolConfig) -> list[str]:
 def _sample_conversation(dataset: RecDataset, protocol: ProtocolConfig) -> list[dict]:
     """A short chat episode over real item cards, rendered through the template to teach the tokenizer its layout."""
     codec = get_codec("chat")
-    cards = [dataset.item_card(i) for i in range(1, min(dataset.n_items, 20) + 1)]
+    items = range(1, min(dataset.n_items, 20) + 1)
+    cards = [dataset.item_card(i) for i in items]
     call = {"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "drama; recent"}}}
+    answer = codec.render_answer([dataset.item_name(i) for i in items[10:]])
     return [
         *codec.render_prompt(cards[:10], protocol),
         {"role": "assistant", "content": "The user likes drama.", "tool_calls": [call]},
         codec.tool_message(cards[10:]),
-        {"role": "assistant", "content": "Ranking.\n" + codec.render_answer([c.split(" | ")[0] for c in cards[10:]])},
+        {"role": "assistant", "content": f"Ranking.\n{answer}"},
     ]
 
 

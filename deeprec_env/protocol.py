@@ -769,12 +769,13 @@ class AnswerMatch:
 class TitleMatcher:
     """Maps answer lines to item ids: normalised exact match, then a fuzzy match (rapidfuzz ratio).
 
-    Order for one line: strip "N. "; try the line and shorter cuts of it (at ' | ' card suffixes, ' - ', ' (')
-    for a normalised exact match, the trailing '(year)' removed; a line ending in '…' or '...' (a copied cut card)
-    matches the titles it is a prefix of; then fuzzy against the titles of `preferred` items (retrieved in this
-    episode), then against the catalogue. Ties between items with the same title prefer `preferred` items, then
-    the item whose year equals the line's year, then the lowest id. A fuzzy match must keep the sequel numbers
-    ('toy story 2' never fuzzily becomes 'toy story 3') and needs at least MIN_FUZZY_CHARS characters.
+    Order for one line: strip "N. "; a line ending in '…' or '...' (a copied cut card) or longer than
+    MAX_LINE_CHARS (cut to it) first matches the titles it is a prefix of; then the line and shorter cuts of it
+    (at ' | ' card suffixes, ' - ', ' (') for a normalised exact match, the trailing '(year)' removed; then fuzzy
+    against the titles of `preferred` items (retrieved in this episode), then against the catalogue. Ties between
+    items with the same title prefer `preferred` items, then the item whose year equals the line's year, then the
+    lowest id. A fuzzy match must keep the sequel numbers ('toy story 2' never fuzzily becomes 'toy story 3') and
+    needs at least MIN_FUZZY_CHARS characters.
     """
 
     def __init__(self, source: RecDataset | Sequence[ItemMeta], fuzzy_threshold: float = 90.0) -> None:
@@ -816,23 +817,23 @@ class TitleMatcher:
         """The item id a line names, or None. `preferred`: items retrieved in the episode, best first (ties between
         equal titles go to the earliest retrieved); `used`: items already in the answer (a second line with the same
         title then names the next such item rather than a duplicate)."""
-        line = strip_line_prefix(str(line)[:MAX_LINE_CHARS])
+        line = str(line)
+        cut = len(line) > MAX_LINE_CHARS
+        line = strip_line_prefix(line[:MAX_LINE_CHARS])
         preferred = (
             preferred if isinstance(preferred, Mapping) else {i: r for r, i in enumerate(dict.fromkeys(preferred))}
         )
         candidates = _cuts(line)
-        for candidate in candidates:  # exact, longest candidate first
-            base, year = _split_year(candidate)
-            for key in (normalize_title(base), normalize_title(candidate)):
-                ids = self._index.get(key)
-                if ids:
-                    return self._choose(ids, preferred, year, used)
+        found = None
+        if cut or line.endswith(("…", "...")):  # a cut title names the titles it begins, not a shorter cut of it
+            prefix = normalize_title(line.rstrip(".…").rstrip())
+            found = self._prefix(prefix, preferred, _split_year(candidates[0])[1], used)
+        if found is None:  # exact, longest candidate first
+            found = next((f for c in candidates if (f := self._exact(c, preferred, used)) is not None), None)
+        if found is not None:
+            return found
         base, year = _split_year(candidates[-1] if " | " in line else candidates[0])
         query = normalize_title(base)
-        if line.endswith(("…", "...")):
-            found = self._prefix(normalize_title(line.rstrip(".…").rstrip()), preferred, year, used)
-            if found is not None:
-                return found
         if len(query) < MIN_FUZZY_CHARS:
             return None
         if preferred:
@@ -841,6 +842,15 @@ class TitleMatcher:
             if found is not None:
                 return found
         return self._fuzzy(query, self._keys, self._key_ids, preferred, year, used)
+
+    def _exact(self, candidate: str, preferred: Mapping[int, int], used: Collection[int]) -> int | None:
+        """The item whose normalised title is the candidate's, with or without its trailing '(year)'."""
+        base, year = _split_year(candidate)
+        for key in (normalize_title(base), normalize_title(candidate)):
+            ids = self._index.get(key)
+            if ids:
+                return self._choose(ids, preferred, year, used)
+        return None
 
     def _prefix(self, prefix: str, preferred: Mapping[int, int], year: int | None, used: Collection[int]) -> int | None:
         if len(prefix) < MIN_FUZZY_CHARS:

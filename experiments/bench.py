@@ -7,6 +7,7 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
   time spent in retrieval (agent time excluded).
 - `retrieval`: p50/p95 latency of a batched tool call (query encoding included) for `bench.batch_sizes`,
   in-process and through the shared Ray actor.
+- `title_matching`: p50/p95 latency of matching one answer (copied cards, near-miss titles, unknown lines) to items.
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
@@ -23,6 +24,7 @@ from dataclasses import replace
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.common import (
@@ -190,9 +192,44 @@ def bench_env_steps(cfg: DictConfig) -> dict:
     return result
 
 
+def bench_title_matching(cfg: DictConfig) -> dict:
+    """Latency of matching one `env.rec_k`-line answer to item ids on the dataset's catalogue: copied cards (exact),
+    titles with one letter dropped (fuzzy) and unknown lines (a full fuzzy scan), 40 retrieved items preferred."""
+    from deeprec_env.protocol import TitleMatcher, item_cards
+
+    dataset, _ = prepared_dataset(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    started = time.perf_counter()
+    matcher = TitleMatcher(dataset)
+    build_s = time.perf_counter() - started
+    k, latencies, correct = cfg.env.rec_k, [], 0
+    for _ in range(cfg.bench.repeats):
+        preferred = [int(i) for i in rng.choice(np.arange(1, dataset.n_items + 1), 40, replace=False)]
+        picks = preferred[: k - 2]
+        cards = item_cards(dataset, picks, cfg.env.card_chars)
+        lines = [card if j % 2 else card[:3] + card[4:] for j, card in enumerate(cards)]
+        lines += ["Completely Unknown Title Of Nothing", "qwerty asdfgh zxcvbn"]
+        started = time.perf_counter()
+        match = matcher.match_answer(lines, preferred)
+        latencies.append(1000 * (time.perf_counter() - started))
+        correct += sum(a == b for a, b in zip(match.item_ids, picks, strict=False))
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {
+        "dataset": dataset.name,
+        "n_items": dataset.n_items,
+        "answer_lines": k,
+        "build_s": round(build_s, 2),
+        "p50_ms": round(float(p50), 1),
+        "p95_ms": round(float(p95), 1),
+        "matched_back": round(correct / (cfg.bench.repeats * (k - 2)), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 TASKS = {
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
+    "title_matching": bench_title_matching,
     "sasrec_train": lambda cfg: bench_train(cfg, "sasrec"),
     "trm_train": lambda cfg: bench_train(cfg, "trm"),
 }
@@ -226,11 +263,8 @@ def main(cfg: DictConfig) -> None:
     unknown = [t for t in cfg.bench.tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    passthrough = [
-        f"artifacts={cfg.artifacts}",
-        f"bench.steps={cfg.bench.steps}",
-        f"bench.env_episodes={cfg.bench.env_episodes}",
-    ]
+    own = ("dataset=", "bench.tasks=", "bench.datasets=", "bench.child=")
+    passthrough = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(own)]
     results = {"cpu_threads": torch.get_num_threads(), "tasks": {}}
     for task in cfg.bench.tasks:
         results["tasks"][task] = []

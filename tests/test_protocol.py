@@ -9,12 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.baselines import RandomAgent
 from deeprec_env.data.dataset import ItemMeta, RecDataset
 from deeprec_env.protocol import (
     ALL_TAGS,
     FORMAT_CHECKS,
     ITEMS_CLOSE,
     ITEMS_OPEN,
+    MAX_LINE_CHARS,
     PREF_CLOSE,
     PREF_OPEN,
     PROBLEM_ANSWER_COUNT,
@@ -469,6 +471,41 @@ def test_title_matching(matcher, line, item):
     assert matcher.match(line) == item
 
 
+def test_titles_longer_than_a_line_match_themselves():
+    # three Games titles are longer than MAX_LINE_CHARS; the cut line names them as a prefix, like a cut card
+    long_title = "Sentey Gaming Headset " + " / ".join(f"Feature {i} with a long description" for i in range(20))
+    twin = long_title.replace("Feature 2 with", "Feature two with")
+    assert len(long_title) > MAX_LINE_CHARS
+    items = [ItemMeta("<pad>"), ItemMeta(long_title), ItemMeta(twin), ItemMeta("Sentey Gaming Headset")]
+    long_matcher = TitleMatcher(items)
+    assert long_matcher.match(long_title) == 1
+    assert long_matcher.match(f"1. {twin}", preferred={1}) == 2
+    assert long_matcher.match("Sentey Gaming Headset") == 3
+
+
+def test_a_title_with_bars_is_named_and_matched_whole():
+    # Games has titles like "Wii U Pro Controller Gamepad | Black | Wireless": an agent names the whole title
+    bars = ItemMeta("Wii U Pro Controller | Black | Wireless", 2014, ("Accessories",))
+    items = [ItemMeta("<pad>"), bars, ItemMeta("Wii U Pro Controller", 2012, ("Accessories",))]
+    catalogue = RecDataset("wii", items, [np.array([1, 2])], ["u"], ["", "1", "2"])
+    agent = RandomAgent(catalogue, protocol="chat")
+    assert agent.title(1) == "Wii U Pro Controller | Black | Wireless (2014)"
+    matcher = TitleMatcher(catalogue)
+    assert matcher.match(agent.title(1)) == 1
+    assert matcher.match(catalogue.item_card(1)) == 1
+    assert matcher.match(agent.title(2)) == 2
+
+
+def test_a_cut_card_names_the_title_it_begins_before_a_shorter_cut():
+    items = [ItemMeta("<pad>"), ItemMeta("Halo 5: Guardians"), ItemMeta("Halo 5: Guardians - Collector's Edition")]
+    cut_matcher = TitleMatcher(items)
+    catalogue = RecDataset("halo", items, [np.array([1, 2])], ["u"], ["", "1", "2"])
+    assert item_cards(catalogue, [2], 34) == ["Halo 5: Guardians - Collector's…"]
+    assert cut_matcher.match("Halo 5: Guardians - Collector's…") == 2
+    assert cut_matcher.match("Halo 5: Guardians -…", preferred=[2]) == 2
+    assert cut_matcher.match("Halo 5: Guardians - a remark") == 1
+
+
 def test_transposition_typo_needs_a_lower_threshold(small, matcher):
     # "toy stroy" vs "toy story": one transposition = two indels in 18 characters, rapidfuzz ratio 88.9
     assert matcher.match("Toy Stroy") is None
@@ -500,7 +537,8 @@ def test_matcher_never_raises(text):
     assert item is None or 1 <= item < len(META)
 
 
-def test_matching_speed_on_a_17k_catalogue():
+def test_matching_on_a_17k_catalogue():
+    # latency is measured by `python -m experiments.bench "bench.tasks=[title_matching]"`, not here
     rng = random.Random(0)
     words = [f"{a}{b}" for a in ("star", "moon", "dark", "red", "lost", "city", "love", "war") for b in
              ("fall", "light", "night", "river", "storm", "heart", "road", "game", "house", "dream")]  # fmt: skip
@@ -512,11 +550,9 @@ def test_matching_speed_on_a_17k_catalogue():
     lines = [f"{i}. {titles[p - 1]} ({1950 + (p - 1) % 70})" for i, p in enumerate(picks[:3], 1)]
     lines += [titles[p - 1][:-2] + titles[p - 1][-1] for p in picks[3:]]  # one deleted letter -> fuzzy
     lines += ["asdfgh qwerty", "Completely Unknown Movie", "Starlight Riverroad Lovegame Extra", "x"]
-    start = time.perf_counter()
     result = big.match_answer(lines, preferred)
-    elapsed = time.perf_counter() - start
-    assert result.ranked_ids[:6] == tuple(picks)
-    assert elapsed < 0.5, f"10 lines took {elapsed:.3f} s"
+    assert result.ranked_ids == tuple(picks)
+    assert result.n_invalid == 4
 
 
 # --- item cards -------------------------------------------------------------------------------------------------

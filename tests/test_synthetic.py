@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -196,9 +195,3 @@ def test_load_dataset_synthetic(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(ds.sequences, direct.sequences, strict=True))
     again = load_dataset(cfg, artifacts=tmp_path)  # from the cache
     np.testing.assert_array_equal(again.extras["item_category"], direct.extras["item_category"])
-
-
-def test_fast():
-    start = time.perf_counter()
-    generate_synthetic(SyntheticConfig())
-    assert time.perf_counter() - start < 1.0

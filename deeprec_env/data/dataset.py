@@ -107,10 +107,15 @@ class RecDataset:
         """All categories, sorted, so category ids are stable."""
         return sorted({c for meta in self.items[1:] for c in meta.categories})
 
+    def item_name(self, item: int) -> str:
+        """`Title (year)`: how an answer line names the item (a title may itself contain ' | ')."""
+        meta = self.items[item]
+        return meta.title if meta.year is None else f"{meta.title} ({meta.year})"
+
     def item_card(self, item: int, max_chars: int | None = None) -> str:
         """Compact text card `Title (year) | category, category`, cut to `max_chars` on a word boundary."""
         meta = self.items[item]
-        card = meta.title if meta.year is None else f"{meta.title} ({meta.year})"
+        card = self.item_name(item)
         if meta.categories:
             card += " | " + ", ".join(meta.categories)
         if max_chars is not None and len(card) > max_chars:
