@@ -162,6 +162,15 @@ class ScriptedAgent(TextAgent):
         return self.answer(ranked, reasoning)
 
 
+class ScriptedCopyAgent(ScriptedAgent):
+    """The scripted agent's calls, answered with the sequence-only (first) call's list in its order: an answer a
+    small policy can copy line by line from one tool result, where the fusion's order cannot be read off the
+    transcript (the fused list scores no better than the first call's on ml-100k and Games; README "Results")."""
+
+    name = "scripted-copy"
+    call_weights = (1.0,)
+
+
 class OracleAgent(TextAgent):
     """Knows the target (an upper bound): asks with a query built from the target's metadata, answers the top
     results with the target first if it was retrieved."""
@@ -184,4 +193,4 @@ class OracleAgent(TextAgent):
         return self.answer(items, "The best match goes first.")
 
 
-TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, OracleAgent)}
+TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, OracleAgent)}

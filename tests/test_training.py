@@ -91,6 +91,16 @@ def test_sft_messages_render_tool_calls_that_parse_back(dataset, rec_env_factory
         assert messages[-1]["role"] == "assistant" and "<recommendation_list>" in messages[-1]["content"]
 
 
+def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_list(dataset, rec_env_factory):
+    users = [int(u) for u in dataset.eval_users("train")[:4]]
+    scripted = teacher_episodes(rec_env_factory(), users, "scripted", 4, 0)
+    copying = teacher_episodes(rec_env_factory(), users, "scripted-copy", 4, 0)
+    for fused, copied in zip(scripted, copying, strict=True):
+        assert copied.preferences == fused.preferences and len(copied.tool_calls) == 4
+        assert copied.format_ok and copied.ranked_ids == copied.tool_calls[0].item_ids[:10]
+    assert any(c.ranked_ids != f.ranked_ids for f, c in zip(scripted, copying, strict=True))
+
+
 def _trl_completion(episode) -> list[dict]:
     """The scripted episode as TRL hands a completion to reward functions: assistant messages with structured tool
     calls, and tool messages."""
