@@ -212,7 +212,7 @@ def bench_title_matching(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         match = matcher.match_answer(lines, preferred)
         latencies.append(1000 * (time.perf_counter() - started))
-        correct += sum(a == b for a, b in zip(match.item_ids, picks, strict=False))
+        correct += sum(a == b for a, b in zip(match.item_ids[: len(picks)], picks, strict=True))
     p50, p95 = np.percentile(latencies, [50, 95])
     return {
         "dataset": dataset.name,

@@ -498,8 +498,8 @@ def test_a_title_with_bars_is_named_and_matched_whole():
 
 def test_a_cut_card_names_the_title_it_begins_before_a_shorter_cut():
     items = [ItemMeta("<pad>"), ItemMeta("Halo 5: Guardians"), ItemMeta("Halo 5: Guardians - Collector's Edition")]
-    cut_matcher = TitleMatcher(items)
     catalogue = RecDataset("halo", items, [np.array([1, 2])], ["u"], ["", "1", "2"])
+    cut_matcher = TitleMatcher(catalogue)
     assert item_cards(catalogue, [2], 34) == ["Halo 5: Guardians - Collector's…"]
     assert cut_matcher.match("Halo 5: Guardians - Collector's…") == 2
     assert cut_matcher.match("Halo 5: Guardians -…", preferred=[2]) == 2
