@@ -170,6 +170,7 @@ PIPELINE = [
     "trainer.stage2.max_steps=6",
     "trainer.stage2.scale_rewards=batch",
     "trainer.stage2.loss_type=dr_grpo",
+    "trainer.stage2.num_iterations=2",
     *[
         f"trainer.{stage}.{key}"
         for stage in ("stage1", "stage2")
@@ -279,7 +280,8 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     state = json.loads((run / "stage2" / "final" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     trl_args = torch.load(run / "stage2" / "checkpoint-6" / "training_args.bin", weights_only=False)
-    assert (trl_args.scale_rewards, trl_args.loss_type) == ("batch", "dr_grpo")  # the stage's config reaches TRL
+    # the stage's config reaches TRL
+    assert (trl_args.scale_rewards, trl_args.loss_type, trl_args.num_iterations) == ("batch", "dr_grpo", 2)
     for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
         assert (run / path).exists(), path
     for phase in ("warm_start", "stage1"):  # finished before the kill: their validations survive the rerun

@@ -39,7 +39,8 @@ class GRPOStageConfig:
     prompts_per_step: int = 2  # distinct users per optimizer step (batch = prompts_per_step * num_generations)
     lr: float = 5e-5
     beta: float = 0.04  # KL coefficient
-    epsilon: float = 0.2  # clip range
+    epsilon: float = 0.2  # clip range (binds only when num_iterations > 1: one update per batch is on-policy)
+    num_iterations: int = 1  # optimizer steps per batch of generated episodes (the GRPO paper's mu)
     scale_rewards: str = "group"  # advantage scale: group std (GRPO) | batch std | none (Dr. GRPO)
     loss_type: str = "dapo"  # TRL's token-level loss normalisation: dapo | grpo | dr_grpo | bnpo
     temperature: float = 1.0
@@ -168,6 +169,7 @@ def train_grpo(
         learning_rate=config.lr,
         beta=config.beta,
         epsilon=config.epsilon,
+        num_iterations=config.num_iterations,
         scale_rewards=config.scale_rewards,
         loss_type=config.loss_type,
         temperature=config.temperature,
