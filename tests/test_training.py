@@ -97,7 +97,7 @@ def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_li
     copying = teacher_episodes(rec_env_factory(), users, "scripted-copy", 4, 0)
     for fused, copied in zip(scripted, copying, strict=True):
         assert copied.preferences == fused.preferences and len(copied.tool_calls) == 4
-        assert copied.format_ok and copied.ranked_ids == copied.tool_calls[0].item_ids[:10]
+        assert copied.format_ok and copied.ranked_ids == copied.tool_calls[0].item_ids[: copied.rec_k]
     assert any(c.ranked_ids != f.ranked_ids for f, c in zip(scripted, copying, strict=True))
 
 
