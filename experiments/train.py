@@ -134,8 +134,9 @@ def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: n
 
 
 def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], users: np.ndarray) -> dict:
-    """Greedy episodes of each model on the same validation users with the `rec` reward; paired differences of
-    the reward and NDCG@10 of the last model against the first."""
+    """Greedy episodes of each model on the same validation users with the `rec` reward; the paired difference of
+    the reward of the last model against the first, and each user's rewards (`validation_rewards.csv`, for
+    re-analysis such as a subset's interval)."""
     env = stage_env(cfg, "rec", "valid")
     rewards, summary = {}, {}
     for name, path in models.items():
@@ -153,6 +154,15 @@ def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], u
         ),
     }
     write_json(out / "validation_comparison.json", result)
+    columns = np.column_stack([users, *rewards.values()])
+    np.savetxt(
+        out / "validation_rewards.csv",
+        columns,
+        delimiter=",",
+        header=",".join(["user", *rewards]),
+        comments="",
+        fmt=["%d"] + ["%.6f"] * len(rewards),
+    )
     return result
 
 
@@ -246,10 +256,12 @@ def train(cfg: DictConfig) -> dict:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     valid_users = seeded_sample(dataset.eval_users("valid"), cfg.trainer.validation.users, cfg.seed)
     models: dict[str, Path] = {}
-    timings: dict[str, float] = {}
+    timings_path = out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     current = policy_dir(policy_config(cfg.policy), dataset, root)
     results = None
     for phase in [p for p in PHASES if p in cfg.trainer.phases]:
+        skipped = phase != "evaluate" and done(out / phase)
         started = time.perf_counter()
         if phase == "warm_start":
             current = models["warm-start"] = run_warm_start(cfg, out, current, valid_users)
@@ -258,10 +270,11 @@ def train(cfg: DictConfig) -> dict:
         else:
             compared = {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
             results = run_evaluation(cfg, out, compared, dataset)
-        timings[phase] = round(time.perf_counter() - started, 1)
+        if not skipped:
+            timings[phase] = round(time.perf_counter() - started, 1)
+            write_json(timings_path, timings)
     if results is not None:
         log.info("report: %s", write_report(cfg, out, results, timings))
-    write_json(out / "timings.json", timings)
     log.info("outputs in %s (TensorBoard: tensorboard --logdir %s)", out, out / "tensorboard")
     return timings
 

@@ -1,6 +1,7 @@
 """The LLM policy and the two-phase trainer: tokenizer and chat template, SFT data, the GRPO adapter, and the whole
 pipeline on `synthetic` with a tiny model (interrupted during stage 2, then resumed)."""
 
+import csv
 import json
 import os
 import signal
@@ -284,6 +285,14 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     assert (trl_args.scale_rewards, trl_args.loss_type, trl_args.num_iterations) == ("batch", "dr_grpo", 2)
     for path in ("report.md", "evaluation/results.json", "validation_comparison.json", "curve_stage2.png"):
         assert (run / path).exists(), path
+    comparison = json.loads((run / "validation_comparison.json").read_text())
+    with (run / "validation_rewards.csv").open() as rows:
+        per_user = list(csv.DictReader(rows))
+    assert list(per_user[0]) == ["user", "warm-start", "grpo-stage2"] and len(per_user) == comparison["users"] == 4
+    differences = [float(row["grpo-stage2"]) - float(row["warm-start"]) for row in per_user]
+    assert np.mean(differences) == pytest.approx(comparison["reward grpo-stage2-vs-warm-start"]["mean"], abs=1e-5)
+    timings = json.loads((run / "timings.json").read_text())  # phases finished before the kill keep their times
+    assert list(timings) == ["warm_start", "stage1", "stage2", "evaluate"] and min(timings.values()) > 0
     for phase in ("warm_start", "stage1"):  # finished before the kill: their validations survive the rerun
         assert json.loads((run / phase / "validation.json").read_text())["history"], phase
     stage2_checks = json.loads((run / "stage2" / "validation.json").read_text())["history"]
