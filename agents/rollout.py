@@ -1,21 +1,16 @@
-"""Running text agents through the batched environment: one agent per sub-env, one batched retrieval per step."""
+"""Running text agents through the vector environment: one agent per sub-env, one batched retrieval per step, and a
+finished sub-env takes the next user at once (the vector env's autoreset is off; the rollout resets by mask)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tqdm.auto import tqdm
+import numpy as np
 
 from agents.baselines import TextAgent
-from deeprec_env.env import DeepRecEnv, DeepRecVectorEnv
 from deeprec_env.episode import Episode
-
-
-def vector_env(env: DeepRecEnv, n_envs: int) -> DeepRecVectorEnv:
-    """`n_envs` copies of `env` (same dataset, retriever, reward and limits) stepping together."""
-    return DeepRecVectorEnv(
-        env.dataset, env.retriever, n_envs, env.reward_fn, env.reward_levels, env.config, env.count_tokens
-    )
+from deeprec_env.runtime import progress
+from deeprec_env.vector import DeepRecVectorEnv, unbatch_info
 
 
 def rollout(
@@ -23,37 +18,54 @@ def rollout(
     make_agent: Callable[[], TextAgent],
     users: Sequence[int],
     split: str,
-    progress: bool = True,
-) -> tuple[list[Episode], list[float]]:
-    """One episode per user, in order: the finished `Episode` records and the episodes' total rewards."""
-    agents = [make_agent() for _ in range(envs.num_envs)]
-    episodes: list[Episode] = []
-    rewards: list[float] = []
-    bar = tqdm(total=len(users), desc=f"rollout {agents[0].name}", disable=not progress)
-    for start in range(0, len(users), envs.num_envs):
-        chunk = [int(u) for u in users[start : start + envs.num_envs]]
-        padded = chunk + [chunk[0]] * (envs.num_envs - len(chunk))  # surplus slots run a throwaway episode
-        observations, infos = envs.reset(options={"users": padded, "split": split})
-        for agent, observation, info in zip(agents, observations, infos, strict=True):
-            agent.reset(observation, info)
-        finished: list[dict | None] = [None] * envs.num_envs
-        totals = [0.0] * envs.num_envs
-        while any(f is None for f in finished):
-            active = [i for i, done in enumerate(finished) if done is None]
-            actions = [""] * envs.num_envs
-            acted = type(agents[0]).act_many(
-                [agents[i] for i in active], [observations[i] for i in active], [infos[i] for i in active]
-            )
-            for i, action in zip(active, acted, strict=True):
-                actions[i] = action
-            observations, step_rewards, terminated, truncated, infos = envs.step(actions)
-            for i, info in enumerate(infos):
-                if finished[i] is None:
-                    totals[i] += step_rewards[i]
-                    if terminated[i] or truncated[i]:
-                        finished[i] = info
-        episodes += [info["episode"] for info in finished[: len(chunk)]]
-        rewards += totals[: len(chunk)]
-        bar.update(len(chunk))
+    show_progress: bool = True,
+) -> list[Episode]:
+    """One episode per user on `split`, returned in the order of `users` (their rewards: `Episode.reward_total`).
+    `envs` must have autoreset disabled (`Stack.make_vector_env(n, autoreset_mode="Disabled")`)."""
+    if envs.autoreset_mode.value != "Disabled":
+        raise ValueError("rollout resets sub-envs itself: build the vector env with autoreset_mode='Disabled'")
+    n = envs.num_envs
+    agents = [make_agent() for _ in range(n)]
+    queue = list(enumerate(int(u) for u in users))
+    episodes: list[Episode | None] = [None] * len(queue)
+    running: list[int | None] = [None] * n  # which queue entry each sub-env plays
+    observations: list[str] = [""] * n
+    infos: list[dict] = [{} for _ in range(n)]
+    bar = progress(total=len(queue), desc=f"rollout {agents[0].name}", disable=not show_progress)
+
+    def start(slots: list[int]) -> None:
+        slots = slots[: len(queue)]
+        if not slots:
+            return
+        mask = np.zeros(n, dtype=bool)
+        chosen: list[int | None] = [None] * n
+        for slot in slots:
+            running[slot], chosen[slot] = queue.pop(0)
+            mask[slot] = True
+        obs, batched = envs.reset(options={"reset_mask": mask, "users": chosen, "split": split})
+        for slot in slots:
+            observations[slot], infos[slot] = obs[slot], unbatch_info(batched, slot)
+            agents[slot].reset(observations[slot], infos[slot])
+
+    act_many = getattr(type(agents[0]), "act_many", None) or (
+        lambda group, obs, infos: [agent.act(o, i) for agent, o, i in zip(group, obs, infos, strict=True)]
+    )  # a user's agent class may act one episode at a time
+    start(list(range(n)))
+    while any(r is not None for r in running):
+        active = [i for i in range(n) if running[i] is not None]
+        acted = act_many([agents[i] for i in active], [observations[i] for i in active], [infos[i] for i in active])
+        actions = [""] * n
+        for i, action in zip(active, acted, strict=True):
+            actions[i] = action
+        obs, _, terminated, truncated, batched = envs.step(actions)
+        finished = []
+        for i in active:
+            observations[i], infos[i] = obs[i], unbatch_info(batched, i)
+            if terminated[i] or truncated[i]:
+                episodes[running[i]] = infos[i]["deeprec"]
+                running[i] = None
+                finished.append(i)
+        bar.update(len(finished))
+        start(finished)
     bar.close()
-    return episodes, rewards
+    return episodes

@@ -1,6 +1,7 @@
-"""`Episode`: the record of one finished (or truncated) episode, what reward components read.
+"""`Episode`: the record of one episode, what reward components and metrics read.
 
-The environment fills it while it runs; rewards never parse text or call the retriever themselves.
+The environment fills it while it runs and scores it when it ends; rewards never parse text or call the retriever
+themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class ToolCall:
 
 @dataclass
 class Episode:
-    """Everything the rewards and the metrics need about one episode."""
+    """Everything the rewards and the metrics need about one episode, and (once it ended) its reward."""
 
     user: int
     split: str
@@ -40,8 +41,13 @@ class Episode:
     format_problems: tuple[str, ...] = ()
     n_turns: int = 0  # agent segments taken
     n_malformed: int = 0  # segments that were neither a valid tool call nor an answer
-    truncated: bool = False  # a limit (tool calls, turns, tokens) ended the episode
+    n_failed_calls: int = 0  # tool calls that could not run (another tool's name, wrong arguments)
     n_tokens: int = 0
+    truncated: bool = False  # a limit (tool calls, turns, tokens, a time limit) ended the episode
+    truncated_by: str | None = None  # which limit, or why the agent stopped without answering
+    reward_total: float = 0.0  # set when the episode ends
+    reward_terms: dict[str, float] = field(default_factory=dict)  # weighted, per reward component
+    reward_unweighted: dict[str, float] = field(default_factory=dict)
 
     @property
     def format_ok(self) -> bool:

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.metrics import ranking_metrics, target_ranks, top_k
+from deeprec_env.runtime import progress as progress_bar
 
 # histories, optional query text per history -> scores (batch, n_items + 1); column 0 is padding
 Scorer = Callable[[Sequence[np.ndarray], Sequence[str] | None], np.ndarray]
@@ -40,7 +40,7 @@ def evaluate_scorer(
 ) -> Evaluation:
     """Rank the whole catalogue for each user's split target; history items are excluded by default."""
     ranks, lists = [], []
-    for start in tqdm(range(0, len(users), batch_size), desc=f"evaluate {split}", disable=not progress):
+    for start in progress_bar(range(0, len(users), batch_size), desc=f"evaluate {split}", disable=not progress):
         batch = users[start : start + batch_size]
         histories, targets = zip(*(dataset.history_and_target(int(u), split) for u in batch), strict=True)
         scores = score(histories, [queries(int(u)) for u in batch] if queries else None)

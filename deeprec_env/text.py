@@ -23,6 +23,7 @@ import numpy as np
 
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
+from deeprec_env.runtime import progress as progress_bar
 
 log = logging.getLogger(__name__)
 EMBEDDING_VERSION = 1  # bump when the text -> vector recipe changes (normalisation, truncation, ...)
@@ -150,23 +151,17 @@ class TextEncoder:
         missing.sort(key=len)  # similar lengths per batch: less padding (the model sorts only within a call)
         chunk = self.config.batch_size * 8
         starts = range(0, len(missing), chunk)
-        if progress and len(missing) > chunk:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(missing), desc="encoding texts", unit="text")
-        else:
-            bar = None
-        for start in starts:
-            batch = missing[start : start + chunk]
-            vectors = self._encode_batch(batch)
-            for key, vector in zip(batch, vectors, strict=True):
-                out[rows[key]] = vector
-                if use_cache:
-                    self._remember(key, vector)
-            if bar is not None:
+        with progress_bar(
+            total=len(missing), desc="encoding texts", disable=not progress or len(missing) <= chunk
+        ) as bar:
+            for start in starts:
+                batch = missing[start : start + chunk]
+                vectors = self._encode_batch(batch)
+                for key, vector in zip(batch, vectors, strict=True):
+                    out[rows[key]] = vector
+                    if use_cache:
+                        self._remember(key, vector)
                 bar.update(len(batch))
-        if bar is not None:
-            bar.close()
         return out
 
     def _remember(self, key: str, vector: np.ndarray) -> None:

@@ -3,6 +3,8 @@
 Each measurement runs in its own subprocess so its peak resident memory is its own. Figures:
 - `sasrec_train`, `trm_train`: training speed (a fresh model for `bench.steps` optimizer steps) and peak RSS, plus
   the full early-stopped training time recorded by `prepare` when that checkpoint is cached.
+- `contention`: SASRec training speed idle and beside one busy process, with the `threads` setting (default:
+  half the cores) and with every core, the torch default that collapses on a shared machine.
 - `env_steps`: env steps per second with the scripted agent (single env and vector form) and the share of env
   time spent in retrieval (agent time excluded).
 - `retrieval`: p50/p95 latency of a batched tool call (query encoding included) for `bench.batch_sizes`,
@@ -14,7 +16,9 @@ directory and to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,41 +31,54 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from experiments.common import (
-    CONFIG_PATH,
-    log,
-    prepared_dataset,
-    run_dir,
-    text_encoder,
-    trained_model,
-    trm_config,
-    write_json,
-)
+from deeprec_env.runtime import configure_threads
+from deeprec_env.stack import build_stack, stack_config, text_encoder
+from experiments.common import CONFIG_PATH, entry_point, log, run_dir, write_json
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_train(cfg: DictConfig, name: str) -> dict:
-    """Step time and peak memory of training the `name` recommender (sasrec or trm) on one dataset."""
-    from deeprec_env.trm.train import checkpoint_dir, text_inputs, train_model
+def dataset_parts(cfg: DictConfig):
+    """(stack config, dataset, artifact root) without training anything."""
+    from deeprec_env.data.source import artifact_root, load_dataset
 
-    dataset, root = prepared_dataset(cfg)
-    config = trm_config(cfg[name])
-    encoder = text_encoder(cfg) if config.model.uses_text else None
-    item_text, query_bank = text_inputs(dataset, config, root, encoder, for_training=True)
+    config = stack_config(cfg)
+    return config, load_dataset(config.dataset, config.artifacts), artifact_root(config.artifacts, config.dataset)
+
+
+def timed_training(cfg: DictConfig, name: str) -> tuple[float, dict]:
+    """Seconds and training log of `bench.steps` optimizer steps of a fresh `name` recommender (sasrec or trm)."""
+    from deeprec_env.trm.train import text_inputs, train_model
+
+    config, dataset, root = dataset_parts(cfg)
+    model = getattr(config, name)
+    encoder = text_encoder(config.text) if model.model.uses_text else None
+    item_text, query_bank = text_inputs(dataset, model, root, encoder, for_training=True)
     steps = cfg.bench.steps
-    budget = replace(config, train=replace(config.train, max_steps=steps, eval_every=steps))
+    budget = replace(model, train=replace(model.train, max_steps=steps, eval_every=steps))
     started = time.perf_counter()
     _, train_log = train_model(dataset, budget, item_text, query_bank, progress=False)
-    seconds = time.perf_counter() - started
-    full_log = checkpoint_dir(config, root, encoder) / "train_log.json"
+    return time.perf_counter() - started, train_log
+
+
+def bench_train(cfg: DictConfig, name: str) -> dict:
+    """Step time and peak memory of training the `name` recommender (sasrec or trm) on one dataset."""
+    from deeprec_env.trm.train import checkpoint_dir
+
+    config, dataset, root = dataset_parts(cfg)
+    model = getattr(config, name)
+    seconds, train_log = timed_training(cfg, name)
+    steps = cfg.bench.steps
+    encoder = text_encoder(config.text) if model.model.uses_text else None
+    full_log = checkpoint_dir(model, root, encoder, dataset.catalogue) / "train_log.json"
     full = json.loads(full_log.read_text()) if full_log.exists() else None
-    steps_per_epoch = -(-train_log["n_windows"] // config.train.batch_size)
+    steps_per_epoch = -(-train_log["n_windows"] // model.train.batch_size)
     return {
         "dataset": dataset.name,
         "model": name,
+        "threads": torch.get_num_threads(),
         "n_train_windows": train_log["n_windows"],
         "steps_timed": steps,
         "seconds_per_100_steps": round(100 * seconds / steps, 2),
@@ -78,18 +95,39 @@ def bench_train(cfg: DictConfig, name: str) -> dict:
     }
 
 
+def bench_contention(cfg: DictConfig) -> dict:
+    """SASRec training steps per second, idle and beside one busy single-threaded process, with the configured thread
+    count and with every core (torch's default)."""
+    result = {"dataset": None, "cores": os.cpu_count(), "runs": []}
+    for threads in dict.fromkeys([configure_threads(cfg.threads), os.cpu_count() or 1]):
+        torch.set_num_threads(threads)
+        speeds = {}
+        for load in ("idle", "busy"):
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+            try:
+                seconds, train_log = timed_training(cfg, "sasrec")
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+            speeds[load] = round(cfg.bench.steps / seconds, 2)
+        result["runs"].append(
+            {"threads": threads, "steps_per_s": speeds, "busy_over_idle": round(speeds["busy"] / speeds["idle"], 3)}
+        )
+    result["dataset"] = dataset_parts(cfg)[1].name
+    return result
+
+
 def bench_retrieval(cfg: DictConfig) -> dict:
     """Latency of one batched tool call (query encoding + TRM forward + top-k), p50/p95 per batch size, for the
     in-process and the Ray backend. Every query is a fresh phrasing, so the encoder's cache never answers."""
     import ray
 
     from deeprec_env.trm.queries import query_bank_texts
-    from deeprec_env.trm.retriever import InProcessRetriever, RayRetriever
+    from deeprec_env.trm.retriever import RayRetriever
 
-    dataset, root = prepared_dataset(cfg)
-    encoder = text_encoder(cfg)
-    model, _ = trained_model(cfg, "trm", dataset, root)
-    local = InProcessRetriever(model, encoder)
+    stack = build_stack(cfg, with_reward=False)
+    dataset, encoder, local = stack.dataset, stack.encoder, stack.retriever
     rng = np.random.default_rng(cfg.seed)
     users = dataset.eval_users("test")
     phrasings = [q for row in query_bank_texts(dataset, 4, cfg.seed)[1:] for q in row]
@@ -115,7 +153,7 @@ def bench_retrieval(cfg: DictConfig) -> dict:
     result["backends"]["in_process"] = measure(local, encoder.clear_cache)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = RayRetriever.from_in_process(local, encoder_factory=lambda: text_encoder(cfg))
+        remote = RayRetriever.from_in_process(local, encoder_factory=lambda: text_encoder(stack.config.text))
         remote.retrieve([[1]], ["warm up"], cfg.bench.recall_k)
         result["backends"]["ray_actor"] = measure(remote, lambda: None)
         remote.close()
@@ -144,10 +182,10 @@ def bench_env_steps(cfg: DictConfig) -> dict:
     """Env steps per second with the scripted agent, single env and vector form (one batched retrieval per step),
     and the share of env time spent in retrieval. Agent time is measured apart and excluded from env time."""
     from agents.baselines import ScriptedAgent
-    from agents.rollout import rollout, vector_env
-    from deeprec_env.registration import build_env
+    from agents.rollout import rollout
 
-    dataset, _ = prepared_dataset(cfg)
+    stack = build_stack(cfg)
+    dataset = stack.dataset
     users = dataset.eval_users("test")
     n = min(cfg.bench.env_episodes, len(users))
     users = np.sort(np.random.default_rng(cfg.seed).choice(users, n, replace=False))
@@ -163,18 +201,17 @@ def bench_env_steps(cfg: DictConfig) -> dict:
             finally:
                 agent_seconds[0] += time.perf_counter() - started
 
-    env = build_env(cfg, split="test")
-    untimed = env.retriever
     for form, n_envs in (("single", 1), ("vector", cfg.eval.n_envs)):
-        retriever = env.retriever = TimedRetriever(untimed)
+        retriever = TimedRetriever(stack.retriever)
+        envs = dataclasses.replace(stack, retriever=retriever).make_vector_env(n_envs, autoreset_mode="Disabled")
         agent_seconds[0] = 0.0
         started = time.perf_counter()
-        episodes, _ = rollout(
-            vector_env(env, n_envs),
-            lambda: TimedScripted(dataset, protocol=env.codec, rec_k=env.config.rec_k),
+        episodes = rollout(
+            envs,
+            lambda: TimedScripted(dataset, protocol=stack.config.env.protocol, rec_k=stack.config.env.rec_k),
             users,
             "test",
-            progress=False,
+            show_progress=False,
         )
         total = time.perf_counter() - started
         steps = sum(e.n_turns for e in episodes)
@@ -197,16 +234,16 @@ def bench_title_matching(cfg: DictConfig) -> dict:
     titles with one letter dropped (fuzzy) and unknown lines (a full fuzzy scan), 40 retrieved items preferred."""
     from deeprec_env.protocol import TitleMatcher, item_cards
 
-    dataset, _ = prepared_dataset(cfg)
+    config, dataset, _ = dataset_parts(cfg)
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     matcher = TitleMatcher(dataset)
     build_s = time.perf_counter() - started
-    k, latencies, correct = cfg.env.rec_k, [], 0
+    k, latencies, correct = config.env.rec_k, [], 0
     for _ in range(cfg.bench.repeats):
         preferred = [int(i) for i in rng.choice(np.arange(1, dataset.n_items + 1), 40, replace=False)]
         picks = preferred[: k - 2]
-        cards = item_cards(dataset, picks, cfg.env.card_chars)
+        cards = item_cards(dataset, picks, config.env.card_chars)
         lines = [card if j % 2 else card[:3] + card[4:] for j, card in enumerate(cards)]
         lines += ["Completely Unknown Title Of Nothing", "qwerty asdfgh zxcvbn"]
         started = time.perf_counter()
@@ -227,6 +264,7 @@ def bench_title_matching(cfg: DictConfig) -> dict:
 
 
 TASKS = {
+    "contention": bench_contention,
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "title_matching": bench_title_matching,
@@ -256,6 +294,7 @@ def run_child(task: str, dataset: str, overrides: list[str]) -> dict:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
     if cfg.bench.child:
         print(json.dumps(TASKS[cfg.bench.child](cfg)))

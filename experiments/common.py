@@ -1,49 +1,61 @@
-"""What every entry point shares: typed configs from the Hydra tree, logging, result tables and files."""
+"""What every entry point shares: the config schema (registered on import), result tables and files."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
-from deeprec_env.config import text_encoder as shared_text_encoder
-from deeprec_env.config import typed
-from deeprec_env.data.dataset import RecDataset
-from deeprec_env.data.source import DatasetConfig, artifact_root, load_dataset
-from deeprec_env.trm.train import TRMConfig
+import experiments.config  # noqa: F401  (registers the config schemas before Hydra composes)
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "configs")
 log = logging.getLogger("deeprec")
 
 
-def dataset_config(cfg: DictConfig) -> DatasetConfig:
-    return typed(DatasetConfig, cfg.dataset)
+def entry_point(main: Callable) -> Callable:
+    """What every command does around its work: set the torch threads from `threads`, and end on a stop signal
+    (Ctrl-C, SIGTERM) with one line and exit status 130 instead of a traceback (whatever was interrupted resumes
+    when the same command runs again)."""
+
+    @functools.wraps(main)
+    def run(cfg):
+        from deeprec_env.runtime import configure_threads, quiet_library_progress
+
+        configure_threads(cfg.threads)
+        quiet_library_progress()
+        try:
+            return main(cfg)
+        except KeyboardInterrupt:
+            print("stopped; run the same command again to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return run
 
 
-def trm_config(node: DictConfig) -> TRMConfig:
-    return typed(TRMConfig, node)
+def provenance() -> dict[str, str]:
+    """The command that is running and the commit of the code it runs ("-dirty" with uncommitted changes)."""
+    command = " ".join([f"python -m {_module_name()}", *sys.argv[1:]])
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"command": command, "commit": "unknown"}
+    return {"command": command, "commit": commit + ("-dirty" if dirty.strip() else "")}
 
 
-def prepared_dataset(cfg: DictConfig) -> tuple[RecDataset, Path]:
-    """The processed dataset (cached) and the artifact directory derived from its config."""
-    data_cfg = dataset_config(cfg)
-    return load_dataset(data_cfg, cfg.artifacts), artifact_root(cfg.artifacts, data_cfg)
-
-
-def text_encoder(cfg: DictConfig):
-    """The sentence encoder of `cfg.text` (one instance per process)."""
-    return shared_text_encoder(cfg.text)
-
-
-def trained_model(cfg: DictConfig, name: str, dataset: RecDataset, root: Path):
-    """A trained model from the `trm` config group (`sasrec` or `trm`): from the cache, else trained now."""
-    from deeprec_env.trm.train import load_or_train
-
-    config = trm_config(cfg[name])
-    return load_or_train(dataset, config, root, text_encoder(cfg) if config.model.uses_text else None)
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
 def run_dir() -> Path:
@@ -61,6 +73,6 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_json(path: Path, payload: dict | list) -> None:
     path.write_text(json.dumps(payload, indent=1))
     log.info("wrote %s", path)

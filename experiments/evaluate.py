@@ -1,22 +1,32 @@
-"""`python -m experiments.evaluate dataset=NAME agent=pop|sasrec` (or `agent=[pop,sasrec]`), including the text agents
-(random, trm-agent, scripted, oracle) that act through the environment on the same users.
+"""`python -m experiments.evaluate dataset=NAME agent=NAME` (or `agent=[pop,sasrec,...]`): every agent on the same
+users of the split, full ranking.
 
-Prepares whatever is missing (through the cache), evaluates every agent on the same users of the split with
-full ranking, prints a markdown table with 95% bootstrap intervals and writes `results.json` in the run
-directory: one object per agent `{"dataset", "split", "agent", "n_users", "metrics", "beyond"}` (a list of
-them when several agents run), plus `comparisons.json` with paired differences between every pair of agents.
+Agents: ID-level rankers (`pop`, `sasrec`, `trm`, `trm-oracle`, `trm-mismatch`), text agents that act through the
+environment (`random`, `trm-agent`, `scripted`, `scripted-copy`, `oracle`, or a class path `my_pkg.module.MyAgent`),
+and `llm`, the trained policy at `policy.path`. A trained policy is evaluated in the env it was trained with (its
+`deeprec.json`); the run's other text agents play that env too, and a command-line `env.*` override that contradicts
+it is one error line unless `eval.force_env=true`.
+
+Prints a markdown table with 95% bootstrap intervals and writes `results.json` in the run directory (one object per
+agent: `{"dataset", "split", "agent", "n_users", "metrics", "beyond", "episode", "provenance"}`, the last naming the
+command and commit that made it), `results.md` and
+`comparisons.json` with paired differences between every pair of agents.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from agents.baselines import popularity_scorer
+from agents.baselines import popularity_scorer, text_agent_class
 from deeprec_env.data.dataset import RecDataset
+from deeprec_env.env import EnvConfig
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
 from deeprec_env.metrics import (
     coverage,
@@ -26,9 +36,8 @@ from deeprec_env.metrics import (
     paired_difference,
     summarize,
 )
-from deeprec_env.trm.retriever import InProcessRetriever
-from experiments.common import CONFIG_PATH, markdown_table, run_dir, text_encoder, trained_model, write_json
-from experiments.prepare import prepare
+from deeprec_env.stack import Stack, build_stack
+from experiments.common import CONFIG_PATH, entry_point, markdown_table, provenance, run_dir, write_json
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
 TABLE_COLUMNS = [
@@ -43,6 +52,7 @@ TABLE_COLUMNS = [
     "format_ok",
     "reward",
 ]
+ID_AGENTS = ("pop", "sasrec", "trm", "trm-oracle", "trm-mismatch")
 
 
 def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
@@ -58,44 +68,92 @@ def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mism
     }
 
 
-def agent_scorers(cfg: DictConfig, dataset: RecDataset, root, users: np.ndarray) -> dict[str, Callable]:
-    """Builders of (scorer, per-user query or None) for every ID-level agent, instantiated only when asked for."""
+def id_ranker(cfg: DictConfig, stack: Stack, name: str, users: np.ndarray) -> tuple[Callable, Callable | None]:
+    """(scorer, per-user query or None) of an ID-level agent."""
+    from deeprec_env.trm.retriever import InProcessRetriever
 
-    def trm(queries: dict[int, str] | None):
-        model, _ = trained_model(cfg, "trm", dataset, root)
-        return InProcessRetriever(model, text_encoder(cfg)).scores, (queries or {}).get
+    if name == "pop":
+        return popularity_scorer(stack.dataset), None
+    if name == "sasrec":
+        return InProcessRetriever(stack.recommender("sasrec")[0]).scores, None
+    queries = {int(u): "" for u in users}
+    if name != "trm":
+        queries = oracle_queries(cfg, stack.dataset, users, mismatch=name == "trm-mismatch")
+    return stack.retriever.scores, queries.get
 
-    return {
-        "pop": lambda: (popularity_scorer(dataset), None),
-        "sasrec": lambda: (InProcessRetriever(trained_model(cfg, "sasrec", dataset, root)[0]).scores, None),
-        "trm": lambda: trm({int(u): "" for u in users}),
-        "trm-oracle": lambda: trm(oracle_queries(cfg, dataset, users, mismatch=False)),
-        "trm-mismatch": lambda: trm(oracle_queries(cfg, dataset, users, mismatch=True)),
-    }
+
+def command_line_env(cfg: DictConfig) -> dict[str, Any]:
+    """The `env` fields the command line (or a preset) set away from EnvConfig's defaults (the split aside)."""
+    given, default = dataclasses.asdict(stack_env(cfg)), dataclasses.asdict(EnvConfig())
+    return {k: v for k, v in given.items() if k != "split" and v != default[k]}
+
+
+def stack_env(cfg: DictConfig) -> EnvConfig:
+    from deeprec_env.config import typed
+
+    return typed(EnvConfig, cfg.env)
+
+
+def _conflicts(given: dict[str, Any], trained: dict[str, Any], prefix: str) -> list[str]:
+    return [f"{prefix}.{k}={given[k]} (trained with {trained[k]})" for k in sorted(given) if given[k] != trained.get(k)]
+
+
+def policy_settings(cfg: DictConfig, policies: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(env fields, generation settings) the run's text agents and policies use: the policies' recorded ones when a
+    trained policy is evaluated (they must agree), else the command line's env. A command-line override that
+    contradicts a policy's training is one error line unless `eval.force_env=true`."""
+    from agents.llm import GENERATION_FIELDS, PolicyConfig, load_policy_settings
+
+    env = command_line_env(cfg)
+    recorded = {name: load_policy_settings(path) for name, path in policies.items()}
+    recorded = {name: s for name, s in recorded.items() if s is not None}
+    if not recorded:
+        return env, {}
+    first, *others = recorded.values()
+    if any(s["env"] != first["env"] or s["generation"] != first["generation"] for s in others):
+        raise SystemExit(f"the policies {sorted(recorded)} were trained with different env or generation settings")
+    trained_env = {k: v for k, v in first["env"].items() if k != "split"}
+    policy = dataclasses.asdict(PolicyConfig())
+    generation = {k: cfg.policy[k] for k in GENERATION_FIELDS if cfg.policy[k] != policy[k]}
+    conflicts = _conflicts(env, trained_env, "env") + _conflicts(generation, first["generation"], "policy")
+    if first["dataset"] != cfg.dataset.name:
+        conflicts.append(f"dataset={cfg.dataset.name} (trained on {first['dataset']})")
+    if conflicts and not cfg.eval.force_env:
+        raise SystemExit(
+            f"the policy was trained otherwise than this command asks: {', '.join(conflicts)}; drop these overrides "
+            "(the policy's deeprec.json is used) or add eval.force_env=true"
+        )
+    return trained_env | (env if cfg.eval.force_env else {}), first["generation"] | (
+        generation if cfg.eval.force_env else {}
+    )
 
 
 def text_agent_evaluation(
-    cfg: DictConfig, dataset: RecDataset, env, users: np.ndarray, agent: str, make_agent: Callable | None = None
-):
-    """Run a text agent through the environment on `users`: its Evaluation (answers matched to item ids) and
-    per-user episode statistics. `make_agent` builds agents not in TEXT_AGENTS (an LLM policy)."""
-    from agents.baselines import TEXT_AGENTS
-    from agents.rollout import rollout, vector_env
+    cfg: DictConfig, stack: Stack, env: dict[str, Any], users: np.ndarray, name: str, make_agent: Callable | None
+) -> tuple[Evaluation, dict[str, np.ndarray]]:
+    """A text agent through the environment on `users` (answers matched to item ids) and per-user episode
+    statistics. `make_agent(dataset, codec, rec_k)` builds agents not found by name (an LLM policy)."""
+    from agents.rollout import rollout
 
-    extra = {"target_of": lambda user, split: dataset.history_and_target(user, split)[1]} if agent == "oracle" else {}
+    envs = stack.make_vector_env(cfg.eval.n_envs, autoreset_mode="Disabled", **env)
+    codec, rec_k, dataset = envs.config.protocol, envs.config.rec_k, stack.dataset
+    if make_agent is None:
+        cls = text_agent_class(name)
+        extra = (
+            {"target_of": lambda user, split: dataset.history_and_target(user, split)[1]} if name == "oracle" else {}
+        )
 
-    def make_baseline():
-        return TEXT_AGENTS[agent](dataset, protocol=env.codec, rec_k=env.config.rec_k, seed=cfg.seed, **extra)
+        def make_agent(dataset, codec, rec_k):
+            return cls(dataset, protocol=codec, rec_k=rec_k, seed=cfg.seed, **extra)
 
-    episodes, rewards = rollout(vector_env(env, cfg.eval.n_envs), make_agent or make_baseline, users, env.config.split)
+    episodes = rollout(envs, lambda: make_agent(dataset, codec, rec_k), users, cfg.split)
     lists = np.zeros((len(episodes), cfg.eval.list_k), dtype=np.int64)
     for row, episode in enumerate(episodes):
         ranked = episode.ranked_ids[: cfg.eval.list_k]
         lists[row, : len(ranked)] = ranked
     ranks = list_ranks([e.ranked_ids for e in episodes], [e.target for e in episodes])
-    rec_k = env.config.rec_k
     stats = {
-        "reward": np.asarray(rewards),
+        "reward": np.array([e.reward_total for e in episodes]),
         "format_ok": np.array([e.format_ok for e in episodes], dtype=float),
         "turns": np.array([e.n_turns for e in episodes], dtype=float),
         "tool_calls": np.array([len(e.tool_calls) for e in episodes], dtype=float),
@@ -170,87 +228,90 @@ def results_table(records: list[dict]) -> str:
 
 
 def comparison_row(pair: str, diff: dict) -> dict:
-    return {
-        "pair": pair,
-        "difference": diff["mean"],
-        "low": diff["low"],
-        "high": diff["high"],
-        "excludes_zero": diff["excludes_zero"],
-    }
+    return {k: diff[k] for k in ("mean", "low", "high", "excludes_zero")} | {"pair": pair}
 
 
-def llm_agent_builder(cfg: DictConfig) -> Callable:
-    """Agent `llm`: the policy at `policy.path` (e.g. a trained `runs/<dataset>-<policy>/stage2/final`)."""
-    from agents.llm import LLMPolicy, llm_agents, policy_config
-
-    if not cfg.policy.get("path"):
-        raise SystemExit("agent=llm needs policy.path=DIR (a model directory, e.g. runs/ml-100k-tiny/stage2/final)")
-    return llm_agents(LLMPolicy.load(cfg.policy.path, policy_config(cfg.policy)))
+def agent_names(cfg: DictConfig) -> list[str]:
+    return [str(a) for a in cfg.agent] if isinstance(cfg.agent, ListConfig | list) else [str(cfg.agent)]
 
 
-def evaluate(cfg: DictConfig, extra_agents: dict[str, Callable] | None = None, env=None, out=None) -> list[dict]:
-    """Evaluate `cfg.agent` (plus `extra_agents`: name -> (env -> text-agent builder), e.g. LLM policies) on the
-    same users; text agents act through `env` (built from `cfg` when None). Writes results into `out` (default:
-    the Hydra run directory)."""
-    extra_agents = dict(extra_agents or {})
-    agents = list(cfg.agent) if isinstance(cfg.agent, ListConfig) else [str(cfg.agent)]
-    if "llm" in agents and "llm" not in extra_agents:
-        extra_agents["llm"] = llm_agent_builder(cfg)
-    agents += [a for a in extra_agents if a not in agents]
-    dataset, root = prepare(cfg, models=[])
-    users = evaluation_users(cfg, dataset)
-    builders = agent_scorers(cfg, dataset, root, users)
-    from agents.baselines import TEXT_AGENTS
+def evaluate(
+    cfg: DictConfig, stack: Stack | None = None, policies: dict[str, Path] | None = None, out: Path | None = None
+) -> list[dict]:
+    """Evaluate `cfg.agent` and the trained `policies` (name -> model directory; `llm` on the command line is
+    `policy.path`) on the same users of `cfg.split`; writes the results into `out` (default: the Hydra run dir)."""
+    from agents.llm import LLMAgent, LLMPolicy, policy_config
 
-    unknown = [a for a in agents if a not in builders and a not in TEXT_AGENTS and a not in extra_agents]
-    if unknown:
-        raise SystemExit(f"unknown agent {unknown[0]!r}; choose from {', '.join([*builders, *TEXT_AGENTS])}")
+    names = agent_names(cfg)
+    policies = dict(policies or {})
+    if "llm" in names:
+        if not cfg.policy.get("path"):
+            raise SystemExit("agent=llm needs policy.path=DIR (a trained model, e.g. runs/ml-100k-tiny/stage2/final)")
+        policies["llm"] = Path(cfg.policy.path)
+    names += [name for name in policies if name not in names]
+    for name in names:
+        if name not in ID_AGENTS and name not in policies:
+            try:
+                text_agent_class(name)
+            except ValueError as err:
+                raise SystemExit(f"{err}; the ID-level agents are {', '.join(ID_AGENTS)}") from None
+    stack = stack or build_stack(cfg)
+    env, generation = policy_settings(cfg, policies)
+    users = evaluation_users(cfg, stack.dataset)
     outcomes, stats = {}, {}
-    for agent in agents:
-        if agent in TEXT_AGENTS or agent in extra_agents:
-            if env is None:
-                from deeprec_env.registration import build_env
-
-                env = build_env(cfg, split=cfg.split)
-            outcomes[agent], stats[agent] = text_agent_evaluation(
-                cfg, dataset, env, users, agent, extra_agents[agent](env) if agent in extra_agents else None
+    for name in names:
+        if name in ID_AGENTS:
+            scorer, queries = id_ranker(cfg, stack, name, users)
+            outcomes[name] = evaluate_scorer(
+                scorer,
+                stack.dataset,
+                users,
+                cfg.split,
+                queries,
+                cfg.eval.exclude_history,
+                cfg.eval.batch_size,
+                progress=True,
             )
             continue
-        scorer, queries = builders[agent]()
-        outcomes[agent] = evaluate_scorer(
-            scorer, dataset, users, cfg.split, queries, cfg.eval.exclude_history, cfg.eval.batch_size, progress=True
-        )
-    records = [result_record(cfg, dataset, agent, outcomes[agent], stats.get(agent)) for agent in agents]
-    print(f"\n{dataset.name} — {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
+        make_agent = None
+        if name in policies:
+            config = dataclasses.replace(policy_config(cfg.policy), **generation)
+            policy = LLMPolicy.load(policies[name], config)
+
+            def make_agent(dataset, codec, rec_k, policy=policy):
+                return LLMAgent(dataset, policy, protocol=codec, rec_k=rec_k)
+
+        outcomes[name], stats[name] = text_agent_evaluation(cfg, stack, env, users, name, make_agent)
+    made_by = provenance()
+    records = [result_record(cfg, stack.dataset, name, outcomes[name], stats.get(name)) for name in names]
+    records = [record | {"provenance": made_by} for record in records]
+    print(f"\n{stack.dataset.name}: {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
     print(results_table(records))
 
     out = out or run_dir()
-    write_json(out / "results.json", records[0] if len(records) == 1 else records)
-    if len(agents) > 1:
-        per_user = {agent: outcome.per_user() for agent, outcome in outcomes.items()}
+    write_json(out / "results.json", records)
+    (out / "results.md").write_text(results_table(records) + "\n")
+    if len(names) > 1:
+        per_user = {name: outcome.per_user() for name, outcome in outcomes.items()}
         comparisons = {
             f"{later}-vs-{earlier}": {
-                name: paired_difference(
-                    per_user[later][name], per_user[earlier][name], cfg.eval.bootstrap, seed=cfg.seed
+                metric: paired_difference(
+                    per_user[later][metric], per_user[earlier][metric], cfg.eval.bootstrap, seed=cfg.seed
                 )
-                for name in REPORTED
+                for metric in REPORTED
             }
-            for i, earlier in enumerate(agents)
-            for later in agents[i + 1 :]
+            for i, earlier in enumerate(names)
+            for later in names[i + 1 :]
         }
         write_json(out / "comparisons.json", comparisons)
-        (out / "results.md").write_text(results_table(records) + "\n")
         print("\nPaired differences in NDCG@10 (same users, 95% bootstrap)\n")
-        print(
-            markdown_table(
-                [comparison_row(pair, diffs["ndcg@10"]) for pair, diffs in comparisons.items()],
-                ["pair", "difference", "low", "high", "excludes_zero"],
-            )
-        )
+        rows = [comparison_row(pair, diffs["ndcg@10"]) for pair, diffs in comparisons.items()]
+        print(markdown_table(rows, ["pair", "mean", "low", "high", "excludes_zero"]))
     return records
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -10,17 +10,19 @@ reward hacking is a bug). Writes `probes.json` in the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from agents.baselines import ScriptedAgent, TextAgent
 from agents.probes import PROBES
 from deeprec_env.metrics import bootstrap_interval, paired_difference
-from experiments.common import CONFIG_PATH, log, markdown_table, run_dir, write_json
+from deeprec_env.stack import Stack, build_stack
+from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, run_dir, write_json
 
 TABLE_COLUMNS = [
     "agent",
@@ -34,49 +36,40 @@ TABLE_COLUMNS = [
 ]
 
 
-def run_probe(env, cls: type[TextAgent], users: Sequence[int], split: str, n_envs: int, seed: int = 0) -> dict:
+def run_probe(stack: Stack, cls: type[TextAgent], users: Sequence[int], split: str, n_envs: int, seed: int = 0) -> dict:
     """Roll out one agent class (a fresh agent per sub-env, seeds seed, seed + 1, ...) on `users`; per-user arrays:
     reward, format_ok, tool_calls and every reward term (weighted, as the env's reward computed them)."""
-    from agents.rollout import rollout, vector_env
+    from agents.rollout import rollout
 
     seeds = itertools.count(seed)
+    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled")
 
     def make_agent():
-        return cls(env.dataset, protocol=env.codec, rec_k=env.config.rec_k, seed=next(seeds))
+        return cls(stack.dataset, protocol=envs.config.protocol, rec_k=envs.config.rec_k, seed=next(seeds))
 
-    episodes, rewards = rollout(vector_env(env, n_envs), make_agent, users, split, progress=False)
-    breakdowns = [env.reward_fn(e) for e in episodes]
-    if not np.allclose([b.total for b in breakdowns], rewards):
-        raise RuntimeError(f"{cls.name}: recomputed reward totals differ from the rollout's rewards")
+    episodes = rollout(envs, make_agent, users, split, show_progress=False)
     return {
-        "reward": np.asarray(rewards, dtype=np.float64),
+        "reward": np.array([e.reward_total for e in episodes], dtype=np.float64),
         "format_ok": np.array([e.format_ok for e in episodes], dtype=np.float64),
         "tool_calls": np.array([len(e.tool_calls) for e in episodes], dtype=np.float64),
-        "terms": {n: np.array([b.terms[n] for b in breakdowns], dtype=np.float64) for n in breakdowns[0].terms},
+        "terms": {n: np.array([e.reward_terms[n] for e in episodes]) for n in episodes[0].reward_terms},
     }
 
 
 def probe_users(cfg: DictConfig, dataset) -> np.ndarray:
     users = dataset.eval_users(cfg.split)
-    n = int(cfg.get("probes_users", 200))
+    n = cfg.probes_users
     if n and len(users) > n:
         users = np.sort(np.random.default_rng(cfg.seed).choice(users, n, replace=False))
     return users
 
 
-def preset_configs(cfg: DictConfig) -> dict[str, DictConfig]:
-    """The run's config (its `reward` as given) and, unless it already is cold, a copy whose `reward` node is the
-    cold preset; everything else (dataset, TRM, env overrides) is shared, so both reuse the same cached TRM."""
-    from deeprec_env.registration import compose_config
-
+def preset_stacks(cfg: DictConfig) -> dict[str, Stack]:
+    """The run's stack (its `reward` as given) and, unless it already is cold, the same stack scoring with the cold
+    preset (dataset, TRM and env shared)."""
+    stack = build_stack(cfg)
     given = str(cfg.reward.get("name", "custom"))
-    configs = {given: cfg}
-    if given != "cold":
-        cold = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        with open_dict(cold):
-            cold.reward = compose_config(["reward=cold"]).reward
-        configs["cold"] = cold
-    return configs
+    return {given: stack} | ({} if given == "cold" else {"cold": stack.with_reward("cold")})
 
 
 def summarize_agent(cfg: DictConfig, run: dict, scripted: dict) -> dict:
@@ -110,23 +103,21 @@ def table_row(agent: str, s: dict, is_reference: bool) -> dict:
 
 
 def run_probes(cfg: DictConfig) -> dict:
-    from deeprec_env.registration import build_env
-
     agents: dict[str, type[TextAgent]] = {"scripted": ScriptedAgent, **PROBES}
     results: dict = {"dataset": None, "split": cfg.split, "presets": {}}
     failures = []
-    for preset, preset_cfg in preset_configs(cfg).items():
-        env = build_env(preset_cfg, split=cfg.split)
-        users = probe_users(cfg, env.dataset)
-        results["dataset"], results["n_users"] = env.dataset.name, int(len(users))
+    for preset, stack in preset_stacks(cfg).items():
+        users = probe_users(cfg, stack.dataset)
+        results["dataset"], results["n_users"] = stack.dataset.name, int(len(users))
         runs = {}
         for agent, cls in agents.items():
             log.info("reward=%s: rolling out %s on %d users", preset, agent, len(users))
-            runs[agent] = run_probe(env, cls, users, cfg.split, cfg.eval.n_envs, cfg.seed)
+            runs[agent] = run_probe(stack, cls, users, cfg.split, cfg.eval.n_envs, cfg.seed)
         summary = {agent: summarize_agent(cfg, run, runs["scripted"]) for agent, run in runs.items()}
-        results["presets"][preset] = {"reward": OmegaConf.to_container(preset_cfg.reward, resolve=True)} | summary
+        reward_config = dataclasses.asdict(stack.reward.config)
+        results["presets"][preset] = {"reward": reward_config} | summary
         failures += [(preset, a) for a, s in summary.items() if a != "scripted" and not s["below_scripted"]]
-        print(f"\nreward={preset} — {env.dataset.name}, {cfg.split} split, {len(users)} users, 95% bootstrap\n")
+        print(f"\nreward={preset} — {stack.dataset.name}, {cfg.split} split, {len(users)} users, 95% bootstrap\n")
         print(markdown_table([table_row(a, s, a == "scripted") for a, s in summary.items()], TABLE_COLUMNS))
     results["failures"] = [{"preset": p, "probe": a} for p, a in failures]
     if failures:
@@ -139,6 +130,7 @@ def run_probes(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
     run_probes(cfg)
 

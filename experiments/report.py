@@ -1,8 +1,9 @@
-"""`python -m experiments.report DIR [DIR ...]`: gather `results.json` files into one markdown table and a PNG.
+"""`python -m experiments.report DIR [DIR ...] --out DIR`: gather `results.json` files into a markdown table and PNG.
 
-Every directory is searched recursively for `results.json` (one object or a list of them, as written by
-`experiments.evaluate`). Writes `report.md` and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap
-intervals) into `--out` (default: the current directory) and prints the table.
+Every directory is searched recursively for `results.json` (a list of agent records, as `experiments.evaluate` and the
+trainer's evaluation write them). Writes `report.md` (the table, the command and commit that made each source and
+this report) and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap intervals) into `--out`, and prints
+the table. This is how the files under `results/` are made.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments.common import markdown_table  # noqa: E402
+from experiments.common import markdown_table, provenance  # noqa: E402
 
 COLUMNS = ["recall@10", "ndcg@10", "mrr@10"]
+EPISODE_COLUMNS = ["reward", "format_ok", "invalid_rate"]
 
 
-def load_records(directories: list[Path]) -> list[dict]:
+def load_records(directories: list[Path]) -> list[tuple[Path, dict]]:
     records = []
     for directory in directories:
         for path in sorted(directory.rglob("results.json")):
             payload = json.loads(path.read_text())
-            records += payload if isinstance(payload, list) else [payload]
+            records += [(path, r) for r in (payload if isinstance(payload, list) else [payload])]
     if not records:
         raise SystemExit(f"no results.json under {', '.join(map(str, directories))}; run experiments.evaluate first")
     return records
@@ -37,16 +39,15 @@ def interval(metric: dict) -> str:
 
 
 def table(records: list[dict]) -> str:
-    rows = [
-        {
-            "dataset": r["dataset"],
-            "agent": r["agent"],
-            "users": r["n_users"],
-            **{c: interval(r["metrics"][c]) for c in COLUMNS},
-        }
-        for r in records
-    ]
-    return markdown_table(rows, ["dataset", "agent", "users", *COLUMNS])
+    rows = []
+    for r in records:
+        row = {"dataset": r["dataset"], "split": r["split"], "agent": r["agent"], "users": r["n_users"]}
+        row |= {c: interval(r["metrics"][c]) for c in COLUMNS}
+        row |= {c: f"{r['episode'][c]['mean']:.4f}" for c in EPISODE_COLUMNS if c in r.get("episode", {})}
+        rows.append(row)
+    columns = ["dataset", "split", "agent", "users", *COLUMNS]
+    columns += [c for c in EPISODE_COLUMNS if any(c in row for row in rows)]
+    return markdown_table(rows, columns)
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -68,15 +69,38 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def sources(loaded: list[tuple[Path, dict]]) -> list[str]:
+    """One line per results.json: the command and commit that made it."""
+    lines = {}
+    for path, record in loaded:
+        made = record.get("provenance", {})
+        lines[path] = f"- `{made.get('command', 'unknown command')}` (commit {made.get('commit', 'unknown')})"
+    return list(lines.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directories", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()
-    records = load_records(args.directories)
+    loaded = load_records(args.directories)
+    records = [record for _, record in loaded]
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(records)
-    (args.out / "report.md").write_text(f"# deeprec results\n\n{text}\n\n![NDCG@10](ndcg10.png)\n")
+    made = provenance()
+    body = [
+        "# deeprec results",
+        "",
+        text,
+        "",
+        "![NDCG@10](ndcg10.png)",
+        "",
+        "Measured by:",
+        *sources(loaded),
+        "",
+        f"Report: `{made['command']}` (commit {made['commit']}).",
+    ]
+    (args.out / "report.md").write_text("\n".join(body) + "\n")
     plot(records, args.out / "ndcg10.png")
     print(text)
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'ndcg10.png'}")

@@ -19,19 +19,18 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from agents.llm import LLMPolicy, llm_agents, policy_config, policy_dir
-from agents.training.grpo import GRPOStageConfig, train_grpo
+from agents.llm import LLMPolicy, policy_config, policy_dir, save_policy_settings
+from agents.training.config import PHASES, GRPOStageConfig, TrainerConfig, WarmStartConfig
+from agents.training.grpo import train_grpo
 from agents.training.monitor import ValidationCallback, policy_episodes, validation_scalars
-from agents.training.warm_start import WarmStartConfig, teacher_episodes, warm_start
+from agents.training.warm_start import teacher_episodes, warm_start
 from deeprec_env.config import typed
-from deeprec_env.data.dataset import RecDataset
-from deeprec_env.env import DeepRecEnv
 from deeprec_env.metrics import paired_difference
-from experiments.common import CONFIG_PATH, markdown_table, write_json
+from deeprec_env.stack import Stack
+from experiments.common import CONFIG_PATH, entry_point, markdown_table, write_json
 from experiments.prepare import prepare
 
 log = logging.getLogger("deeprec")
-PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 
 
 def seeded_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -40,33 +39,16 @@ def seeded_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
     return users
 
 
-def stage_env(cfg: DictConfig, reward: str | None, split: str) -> DeepRecEnv:
-    """The chat-codec env for training or evaluating the policy, with a reward preset (None = the root one)."""
-    from deeprec_env.registration import CONFIG_DIR, build_env
-
-    node = cfg.copy()
-    if reward is not None:
-        with open_dict(node):
-            node.reward = OmegaConf.load(CONFIG_DIR / "reward" / f"{reward}.yaml")
-    return build_env(node, protocol="chat", split=split, **OmegaConf.to_container(cfg.trainer.env))
-
-
-def env_factory(env: DeepRecEnv):
-    """Fresh episodes sharing the env's dataset, retriever, reward and title matcher."""
-    return lambda: DeepRecEnv(
-        env.dataset, env.retriever, env.reward_fn, env.reward_levels, env.config, env.count_tokens, matcher=env.matcher
-    )
-
-
-def trainable_users(cfg: DictConfig, env: DeepRecEnv, stage: GRPOStageConfig) -> np.ndarray:
+def trainable_users(stack: Stack, stage: GRPOStageConfig, seed: int) -> np.ndarray:
     """Train-split users for a GRPO stage: a seeded sample, kept only if the TRM (empty query) ranks their target
     in its top `difficulty_top` when the difficulty filter is on."""
     from deeprec_env.evaluation import evaluate_scorer
 
-    users = env.dataset.eval_users("train")
+    users = stack.dataset.eval_users("train")
     if stage.difficulty_filter:
+        exclude = stack.config.env.exclude_history
         ranks = evaluate_scorer(
-            env.retriever.scores, env.dataset, users, "train", exclude_history=env.config.exclude_history, list_k=1
+            stack.retriever.scores, stack.dataset, users, "train", exclude_history=exclude, list_k=1
         ).ranks
         kept = users[ranks < stage.difficulty_top]
         log.info(
@@ -76,112 +58,127 @@ def trainable_users(cfg: DictConfig, env: DeepRecEnv, stage: GRPOStageConfig) ->
             stage.difficulty_top,
         )
         users = kept
-    return seeded_sample(users, stage.users, cfg.seed)
+    return seeded_sample(users, stage.users, seed)
 
 
 def done(phase_dir: Path) -> bool:
     return (phase_dir / "final" / "config.json").exists()
 
 
-def run_warm_start(cfg: DictConfig, out: Path, initial: Path, valid_users: np.ndarray) -> Path:
-    phase = out / "warm_start"
-    if done(phase):
-        log.info("warm start already done: %s", phase / "final")
-        return phase / "final"
-    config = typed(WarmStartConfig, cfg.trainer.warm_start)
-    env = stage_env(cfg, None, "train")
-    users = seeded_sample(env.dataset.eval_users("train"), config.users, cfg.seed)
-    episodes = teacher_episodes(env, users, config.teacher, cfg.trainer.n_envs, cfg.seed)
-    callback = validation_callback(cfg, out, "warm_start", config.eval_every, valid_users)
-    return warm_start(initial, episodes, config, phase, cfg.seed, out / "tensorboard" / "warm_start", [callback])
+class Run:
+    """One training run: the config, its stack, the policy's env and the output directory."""
 
+    def __init__(self, cfg: DictConfig, stack: Stack):
+        self.cfg = cfg
+        self.stack = stack
+        self.trainer = typed(TrainerConfig, cfg.trainer)
+        self.env = dict(self.trainer.env)  # EnvConfig fields over the root env: the env the policy plays
+        self.out = Path(self.trainer.output_dir)
+        self.policy = policy_config(cfg.policy)
+        self.rec = stack.with_reward("rec")  # validation is always scored with the `rec` preset
+        self.valid_users = seeded_sample(stack.dataset.eval_users("valid"), self.trainer.validation.users, cfg.seed)
 
-def validation_callback(
-    cfg: DictConfig, out: Path, phase: str, every: int, valid_users: np.ndarray
-) -> ValidationCallback:
-    """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard
-    and to `out/phase/validation.json`."""
-    return ValidationCallback(
-        env_factory(stage_env(cfg, "rec", "valid")),
-        valid_users,
-        out / "tensorboard" / phase,
-        every,
-        policy_config(cfg.policy),
-        cfg.trainer.n_envs,
-        phase,
-        out / phase / "validation.json",
-    )
+    def finished(self, final: Path) -> Path:
+        """Record the dataset, env and generation settings beside a phase's model (evaluation loads them)."""
+        save_policy_settings(final, self.stack.dataset.name, self.stack.env_config(**self.env), self.policy)
+        return final
 
-
-def run_stage(cfg: DictConfig, out: Path, name: str, start: Path, valid_users: np.ndarray) -> Path:
-    phase = out / name
-    if done(phase):
-        log.info("%s already done: %s", name, phase / "final")
-        return phase / "final"
-    stage = typed(GRPOStageConfig, cfg.trainer[name])
-    env = stage_env(cfg, stage.reward, "train")
-    callback = validation_callback(cfg, out, name, stage.eval_every, valid_users)
-    return train_grpo(
-        start,
-        env_factory(env),
-        trainable_users(cfg, env, stage),
-        stage,
-        phase,
-        cfg.seed,
-        out / "tensorboard" / name,
-        [callback],
-    )
-
-
-def compare_on_validation(cfg: DictConfig, out: Path, models: dict[str, Path], users: np.ndarray) -> dict:
-    """Greedy episodes of each model on the same validation users with the `rec` reward; the paired difference of
-    the reward of the last model against the first, and each user's rewards (`validation_rewards.csv`, for
-    re-analysis such as a subset's interval)."""
-    env = stage_env(cfg, "rec", "valid")
-    rewards, summary = {}, {}
-    for name, path in models.items():
-        episodes, episode_rewards = policy_episodes(
-            LLMPolicy.load(path, policy_config(cfg.policy)), env, users, cfg.trainer.n_envs, progress=True
+    def validation_callback(self, phase: str, every: int) -> ValidationCallback:
+        """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard
+        and to `out/phase/validation.json`."""
+        return ValidationCallback(
+            self.rec,
+            self.env,
+            self.valid_users,
+            self.out / "tensorboard" / phase,
+            every,
+            self.policy,
+            self.trainer.n_envs,
+            phase,
+            self.out / phase / "validation.json",
         )
-        rewards[name] = np.asarray(episode_rewards)
-        summary[name] = validation_scalars(episodes, episode_rewards)
-    first, last = list(models)[0], list(models)[-1]
-    result = {
-        "users": len(users),
-        "models": summary,
-        f"reward {last}-vs-{first}": paired_difference(
-            rewards[last], rewards[first], cfg.eval.bootstrap, seed=cfg.seed
-        ),
-    }
-    write_json(out / "validation_comparison.json", result)
-    columns = np.column_stack([users, *rewards.values()])
-    np.savetxt(
-        out / "validation_rewards.csv",
-        columns,
-        delimiter=",",
-        header=",".join(["user", *rewards]),
-        comments="",
-        fmt=["%d"] + ["%.6f"] * len(rewards),
-    )
-    return result
 
+    def warm_start(self, initial: Path) -> Path:
+        phase = self.out / "warm_start"
+        if done(phase):
+            log.info("warm start already done: %s", phase / "final")
+            return phase / "final"
+        config: WarmStartConfig = self.trainer.warm_start
+        users = seeded_sample(self.stack.dataset.eval_users("train"), config.users, self.cfg.seed)
+        env = self.env | {"split": "train"}
+        episodes = teacher_episodes(self.stack, env, users, config.teacher, self.trainer.n_envs, self.cfg.seed)
+        callback = self.validation_callback("warm_start", config.eval_every)
+        logs = self.out / "tensorboard" / "warm_start"
+        return self.finished(warm_start(initial, episodes, config, phase, self.cfg.seed, logs, [callback]))
 
-def run_evaluation(cfg: DictConfig, out: Path, models: dict[str, Path], dataset: RecDataset) -> dict:
-    """Warm start vs stage 2 on `trainer.evaluation.valid_users` validation users, then the test table."""
-    from experiments.evaluate import evaluate
+    def stage(self, name: str, start: Path) -> Path:
+        phase = self.out / name
+        if done(phase):
+            log.info("%s already done: %s", name, phase / "final")
+            return phase / "final"
+        stage: GRPOStageConfig = getattr(self.trainer, name)
+        stack = self.stack.with_reward(stage.reward) if stage.reward else self.stack
+        env = self.env | {"split": "train"}
+        final = train_grpo(
+            start,
+            lambda: stack.make_env(**env),
+            trainable_users(stack, stage, self.cfg.seed),
+            stage,
+            phase,
+            self.cfg.seed,
+            self.out / "tensorboard" / name,
+            [self.validation_callback(name, stage.eval_every)],
+        )
+        return self.finished(final)
 
-    valid_users = seeded_sample(dataset.eval_users("valid"), cfg.trainer.evaluation.valid_users, cfg.seed)
-    validation = compare_on_validation(cfg, out, models, valid_users)
-    node = cfg.copy()
-    with open_dict(node):
-        node.agent = list(cfg.trainer.evaluation.agents)
-        node.eval.max_users = cfg.trainer.evaluation.users
-    env = stage_env(node, None, cfg.split)
-    policies = {name: llm_agents(LLMPolicy.load(path, policy_config(cfg.policy))) for name, path in models.items()}
-    evaluation = out / "evaluation"
-    evaluation.mkdir(parents=True, exist_ok=True)
-    records = evaluate(node, policies, env=env, out=evaluation)
-    return {"validation": validation, "test": records}
+    def compare_on_validation(self, models: dict[str, Path], users: np.ndarray) -> dict:
+        """Greedy episodes of each model on the same validation users with the `rec` reward; the paired difference of
+        the reward of the last model against the first, and each user's rewards (`validation_rewards.csv`, for
+        re-analysis such as a subset's interval)."""
+        rewards, summary = {}, {}
+        for name, path in models.items():
+            episodes = policy_episodes(
+                LLMPolicy.load(path, self.policy), self.rec, self.env, users, "valid", self.trainer.n_envs, True
+            )
+            rewards[name] = np.array([e.reward_total for e in episodes])
+            summary[name] = validation_scalars(episodes)
+        first, last = list(models)[0], list(models)[-1]
+        result = {
+            "users": len(users),
+            "models": summary,
+            f"reward {last}-vs-{first}": paired_difference(
+                rewards[last], rewards[first], self.cfg.eval.bootstrap, seed=self.cfg.seed
+            ),
+        }
+        write_json(self.out / "validation_comparison.json", result)
+        columns = np.column_stack([users, *rewards.values()])
+        np.savetxt(
+            self.out / "validation_rewards.csv",
+            columns,
+            delimiter=",",
+            header=",".join(["user", *rewards]),
+            comments="",
+            fmt=["%d"] + ["%.6f"] * len(rewards),
+        )
+        return result
+
+    def evaluate(self, models: dict[str, Path]) -> dict:
+        """Warm start vs stage 2 on `trainer.evaluation.valid_users` validation users, then the test table: the
+        policies in the env they were trained in, beside the baselines on the same users."""
+        from experiments.evaluate import evaluate
+
+        evaluation_config = self.trainer.evaluation
+        valid_users = seeded_sample(
+            self.stack.dataset.eval_users("valid"), evaluation_config.valid_users, self.cfg.seed
+        )
+        validation = self.compare_on_validation(models, valid_users)
+        node = self.cfg.copy()
+        with open_dict(node):
+            node.agent = list(evaluation_config.agents)
+            node.eval.max_users = evaluation_config.users
+        out = self.out / "evaluation"
+        out.mkdir(parents=True, exist_ok=True)
+        return {"validation": validation, "test": evaluate(node, self.stack, policies=models, out=out)}
 
 
 def learning_curves(out: Path) -> list[Path]:
@@ -250,36 +247,36 @@ def train(cfg: DictConfig) -> dict:
     unknown = [p for p in cfg.trainer.phases if p not in PHASES]
     if unknown:
         raise SystemExit(f"unknown phase {unknown[0]!r}; trainer.phases takes {list(PHASES)}")
-    dataset, root = prepare(cfg)
-    out = Path(cfg.trainer.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    valid_users = seeded_sample(dataset.eval_users("valid"), cfg.trainer.validation.users, cfg.seed)
+    run = Run(cfg, prepare(cfg).with_reward(cfg.reward))
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     models: dict[str, Path] = {}
-    timings_path = out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
+    timings_path = run.out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    current = policy_dir(policy_config(cfg.policy), dataset, root)
+    current = policy_dir(run.policy, run.stack.dataset, run.stack.root)
     results = None
     for phase in [p for p in PHASES if p in cfg.trainer.phases]:
-        skipped = phase != "evaluate" and done(out / phase)
+        skipped = phase != "evaluate" and done(run.out / phase)
         started = time.perf_counter()
         if phase == "warm_start":
-            current = models["warm-start"] = run_warm_start(cfg, out, current, valid_users)
+            current = models["warm-start"] = run.warm_start(current)
         elif phase in ("stage1", "stage2"):
-            current = models[f"grpo-{phase}"] = run_stage(cfg, out, phase, current, valid_users)
+            current = models[f"grpo-{phase}"] = run.stage(phase, current)
         else:
-            compared = {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
-            results = run_evaluation(cfg, out, compared, dataset)
+            results = run.evaluate(
+                {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
+            )
         if not skipped:
             timings[phase] = round(time.perf_counter() - started, 1)
             write_json(timings_path, timings)
     if results is not None:
-        log.info("report: %s", write_report(cfg, out, results, timings))
-    log.info("outputs in %s (TensorBoard: tensorboard --logdir %s)", out, out / "tensorboard")
+        log.info("report: %s", write_report(cfg, run.out, results, timings))
+    log.info("outputs in %s (TensorBoard: tensorboard --logdir %s)", run.out, run.out / "tensorboard")
     return timings
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -17,17 +17,9 @@ from omegaconf import DictConfig
 from agents.baselines import popularity_scorer
 from deeprec_env.data.synthetic import synthetic_category_names
 from deeprec_env.metrics import top_k
+from deeprec_env.stack import build_stack
 from deeprec_env.trm.queries import category_query
-from deeprec_env.trm.retriever import InProcessRetriever
-from experiments.common import (
-    CONFIG_PATH,
-    markdown_table,
-    prepared_dataset,
-    run_dir,
-    text_encoder,
-    trained_model,
-    write_json,
-)
+from experiments.common import CONFIG_PATH, entry_point, markdown_table, run_dir, write_json
 
 
 def category_shares(lists: np.ndarray, item_category: np.ndarray, n_categories: int) -> np.ndarray:
@@ -37,14 +29,13 @@ def category_shares(lists: np.ndarray, item_category: np.ndarray, n_categories: 
 
 
 def probe(cfg: DictConfig) -> dict:
-    dataset, root = prepared_dataset(cfg)
+    stack = build_stack(cfg, with_reward=False)
+    dataset, retriever = stack.dataset, stack.retriever
     if "user_preferences" not in dataset.extras:
         raise SystemExit("trm_probe needs a dataset with known user preferences: use dataset=synthetic")
     preferences = dataset.extras["user_preferences"]
     item_category = dataset.extras["item_category"]
     names = synthetic_category_names(preferences.shape[1])
-    model, _ = trained_model(cfg, "trm", dataset, root)
-    retriever = InProcessRetriever(model, text_encoder(cfg))
     k = cfg.probe.k
     users = dataset.eval_users(cfg.split)[: cfg.probe.max_users]
     histories = [dataset.history_and_target(int(u), cfg.split)[0] for u in users]
@@ -86,6 +77,7 @@ def probe(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
     result = probe(cfg)
     rows = [{"category": n, **v} for n, v in result["category_following"]["per_category"].items()]

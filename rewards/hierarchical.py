@@ -143,7 +143,7 @@ class InvocationConfig:
 class DiversityConfig:
     weight: float = 1.0
     scale: float = 0.2  # paper: diversity_base
-    relevance_threshold: float = 0.0  # >0: a preference counts only if this close to a history item (presets: 0.25)
+    relevance_threshold: float = 0.25  # a preference counts only if this close to a history item (0: the paper's)
     relevance_items: int = 20
 
 
@@ -169,8 +169,8 @@ class ExtraConfig:
 
 @dataclass
 class RewardConfig:
-    """Every component's weight and parameters. The dataclass defaults are the paper's six terms all on (weight 1)
-    and the extras off; the presets (configs/reward/*.yaml) set every weight explicitly."""
+    """Every component's weight and parameters. The defaults are the paper's six terms all on (weight 1), the
+    guards on and the extras off; the presets (configs/reward/*.yaml) switch terms off for each stage."""
 
     name: str = "custom"
     format_gate: bool = True

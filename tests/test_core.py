@@ -1,8 +1,11 @@
 """Dataset container, artifact cache, training windows and the sequential recommender."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.baselines import popularity_scorer
-from deeprec_env.cache import cached
+from deeprec_env.cache import cached, is_complete
 from deeprec_env.data.dataset import ItemMeta, RawInteractions, RecDataset, build_dataset, k_core, stack_histories
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
-from deeprec_env.trm.train import TrainConfig, TRMConfig, load_or_train, training_windows
-from experiments.common import trm_config
+from deeprec_env.trm.train import (
+    TrainConfig,
+    TRMConfig,
+    checkpoint_dir,
+    load_or_train,
+    partial_state_path,
+    training_windows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +207,7 @@ def test_evaluate_cli_writes_results(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| pop |" in done.stdout and "| sasrec |" in done.stdout
     records = json.loads((run / "results.json").read_text())
-    assert [r["agent"] for r in records] == ["pop", "sasrec"]
+    assert [r["agent"] for r in records] == ["pop", "sasrec"] and (run / "results.md").exists()
     for record in records:
         assert record["dataset"] == "synthetic" and record["split"] == "test" and record["n_users"] == 80
         m = record["metrics"]["ndcg@10"]
@@ -228,64 +237,117 @@ def test_unknown_agent_is_one_clear_line(tmp_path):
     assert "unknown agent 'nope'" in done.stderr
 
 
-def _train_with(synthetic, monkeypatch, on_step):
-    """Train a tiny model (validation every 10 steps, all validation users); `on_step(n)` runs before the n-th
-    optimizer step."""
-    from deeprec_env.trm.train import train_model
+def _small_training() -> TRMConfig:
+    """A few dozen steps over several epochs (about ten batches each), validating every five steps."""
+    train = TrainConfig(batch_size=32, max_steps=40, eval_every=5, patience=100, valid_users=None)
+    return TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train)
 
-    real_step, calls = torch.optim.AdamW.step, [0]
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+# SIGTERM mid-epoch between validations; Ctrl-C at the last step, when training is already over
+@pytest.mark.parametrize(
+    ("stop_at", "signum"), [(17, signal.SIGTERM), (40, signal.SIGINT)], ids=["sigterm-mid-epoch", "ctrl-c-at-the-end"]
+)
+def test_stopped_training_caches_nothing_and_resumes_to_the_uninterrupted_weights(
+    synthetic, tmp_path, monkeypatch, caplog, stop_at, signum
+):
+    config = _small_training()
+    reference, reference_log = load_or_train(synthetic, config, tmp_path / "reference", progress=False)
+    real_step, steps = torch.optim.AdamW.step, [0]
 
     def step(self, *args, **kwargs):
-        calls[0] += 1
-        on_step(calls[0])
+        steps[0] += 1
+        if steps[0] == stop_at:
+            os.kill(os.getpid(), signum)  # in the middle of an optimizer step
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    train = TrainConfig(eval_every=10, valid_users=None)
-    return train_model(
-        synthetic, TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1), train=train), progress=False
-    )
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        with pytest.raises(KeyboardInterrupt):
+            load_or_train(synthetic, config, tmp_path / "root", progress=False)
+    assert steps[0] == stop_at  # the step under way completed, no further one began
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    directory = checkpoint_dir(config, tmp_path / "root")
+    state = partial_state_path(directory)
+    assert [p.name for p in (tmp_path / "root").iterdir()] == [state.parent.name]  # no entry, no temp dir
+
+    with caplog.at_level("INFO"):
+        model, log = load_or_train(synthetic, config, tmp_path / "root", progress=False)
+    assert f"resuming sasrec training from step {stop_at} (interrupted earlier)" in caplog.text
+    assert log["resumed_from_steps"] == [stop_at] and log["stop_reason"] == reference_log["stop_reason"]
+    assert log["steps"] == reference_log["steps"] == 40
+    assert log["evaluations"] == reference_log["evaluations"]
+    assert _same_weights(model, reference)
+    assert is_complete(directory) and not state.parent.exists()
+    assert json.loads((directory / "train_log.json").read_text())["resumed_from_steps"] == [stop_at]
 
 
-def test_interrupted_training_keeps_the_best_validated_weights(synthetic, monkeypatch):
-    def interrupt_at_25(n):
-        if n == 25:
-            raise KeyboardInterrupt  # what Ctrl-C does in the middle of an optimizer step
-
-    model, log = _train_with(synthetic, monkeypatch, interrupt_at_25)
-    assert log["stop_reason"] == "interrupted" and log["steps"] == 25
-    assert log["best_step"] in (10, 20) and len(log["evaluations"]) == 2
-    again = evaluate_scorer(
-        InProcessRetriever(model).scores, synthetic, synthetic.eval_users("valid"), "valid", list_k=1
-    )
-    assert again.per_user()["ndcg@10"].mean() == pytest.approx(log["best_valid_ndcg10"], abs=1e-6)
+def test_partial_state_of_another_config_is_discarded(synthetic, tmp_path, caplog):
+    config = _small_training()
+    state = partial_state_path(checkpoint_dir(config, tmp_path))
+    state.parent.mkdir(parents=True)
+    torch.save({"key": "another config", "loop": {"step": 3}}, state)
+    with caplog.at_level("INFO"):
+        _, log = load_or_train(synthetic, config, tmp_path, progress=False)
+    assert "discarding the partial sasrec training state" in caplog.text and "resuming" not in caplog.text
+    assert log["resumed_from_steps"] == [] and log["steps"] == 40 and not state.parent.exists()
 
 
-def test_interrupt_before_any_validation_propagates(synthetic, monkeypatch):
-    def interrupt(n):
-        raise KeyboardInterrupt
+def test_sigterm_stops_prepare_and_the_rerun_resumes(tmp_path):
+    """`kill PID` while SASRec trains stops the whole command (no TRM is trained on a half-trained SASRec); the
+    same command then resumes the SASRec training and finishes."""
+    artifacts = tmp_path / "artifacts"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.prepare",
+        "dataset=synthetic",
+        "dataset.synthetic.n_users=80",
+        "dataset.synthetic.n_items=60",
+        "sasrec.train.max_steps=400",
+        "sasrec.train.eval_every=20",
+        "sasrec.train.patience=3",  # stops at step 80 on this data: a short rerun
+        "trm.train.max_steps=60",
+        "trm.train.eval_every=30",
+        f"artifacts={artifacts}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "first.log").open("w") as output:
+        first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while not list(artifacts.rglob("trm-sasrec-*.partial/state.pt")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            assert time.time() < deadline, "SASRec training never saved a resumable state"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) != 0
+    assert "training sasrec stopped by a signal" in (tmp_path / "first.log").read_text()
+    entries = [p.name for p in artifacts.rglob("*trm-*")]  # models, their temp dirs and partial states
+    assert entries and all(name.startswith("trm-sasrec-") and name.endswith(".partial") for name in entries), entries
 
-    with pytest.raises(KeyboardInterrupt):
-        _train_with(synthetic, monkeypatch, interrupt)
-
-
-def test_sigterm_stops_training_like_ctrl_c(synthetic, monkeypatch):
-    import os
-    import signal
-
-    def terminate_at_15(n):
-        if n == 15:
-            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` from another shell
-
-    _, log = _train_with(synthetic, monkeypatch, terminate_at_15)
-    assert log["stop_reason"] == "interrupted" and log["best_step"] == 10
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored after training
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    output = second.stdout + second.stderr  # Hydra logs to stdout
+    assert "resuming sasrec training from step" in output
+    assert not list(artifacts.rglob("*.partial"))
+    (sasrec,) = artifacts.rglob("trm-sasrec-*")
+    train_log = json.loads((sasrec / "train_log.json").read_text())
+    assert train_log["resumed_from_steps"] and train_log["stop_reason"] in ("max_steps", "patience")
+    assert len(list(artifacts.rglob("trm-trm-*"))) == 1
+    progress = [line for line in output.split("\n") if "train sasrec: " in line]
+    assert progress and not any("\r" in line for line in progress)  # logged lines, not a redrawn bar
 
 
 def test_trm_config_starts_from_the_sasrec_node():
-    from deeprec_env.registration import compose_config
+    from deeprec_env.config import compose
+    from deeprec_env.stack import stack_config
 
-    cfg = compose_config(["sasrec.train.lr=0.01"])
-    trm, sasrec = trm_config(cfg.trm), trm_config(cfg.sasrec)
+    config = stack_config(compose("env_config", ["sasrec.train.lr=0.01"]))
+    trm, sasrec = config.trm, config.sasrec
     assert trm.backbone == sasrec and sasrec.train.lr == 0.01  # overrides of the backbone reach the TRM's key
-    assert sasrec.backbone is None and trm.model.fuse_query
+    assert sasrec.backbone is None and trm.model.fuse_query and not sasrec.model.fuse_query

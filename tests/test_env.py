@@ -1,5 +1,5 @@
-"""DeepRecEnv / DeepRecVectorEnv: gymnasium API, the scripted protocol for both codecs, limits, fuzzing, reward
-timing, batched retrieval and registration."""
+"""DeepRecEnv / DeepRecVectorEnv: the Gymnasium API and its wrappers, the scripted protocol for both codecs, limits,
+fuzzing, reward timing, framework-driven episodes, batched retrieval and registration."""
 
 import json
 import math
@@ -7,16 +7,19 @@ import time
 from types import SimpleNamespace
 
 import gymnasium
+import numpy as np
 import pytest
 import torch
 from fakes import HashEncoder, synthetic_config
 from gymnasium.utils.env_checker import check_env
+from gymnasium.wrappers import RecordEpisodeStatistics, TimeLimit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deeprec_env  # noqa: F401  (registers deeprec/DeepRec-v0)
+from agents.baselines import ScriptedAgent
 from deeprec_env.data.source import load_dataset
-from deeprec_env.env import DeepRecEnv, DeepRecVectorEnv, EnvConfig, TextSpace
+from deeprec_env.env import DeepRecEnv, EnvConfig
 from deeprec_env.protocol import (
     ITEMS_CLOSE,
     ITEMS_OPEN,
@@ -32,9 +35,13 @@ from deeprec_env.protocol import (
     TOOL_SCHEMA,
     ChatCodec,
     TagsCodec,
+    structured_call,
 )
+from deeprec_env.spaces import TextSpace
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
+from deeprec_env.vector import DeepRecVectorEnv, unbatch_info
+from deeprec_env.wrappers import PerTurnReward, ScoreTruncated
 
 TEXT_DIM = 8
 TAGS, CHAT = TagsCodec(), ChatCodec()
@@ -95,7 +102,7 @@ def retriever(dataset):
 
 
 def make_env(dataset, retriever, reward=None, render_mode=None, **config):
-    return DeepRecEnv(dataset, retriever, reward, config=EnvConfig(**config), render_mode=render_mode)
+    return DeepRecEnv(dataset, retriever, reward, EnvConfig(**config), render_mode=render_mode)
 
 
 def title(dataset, item):
@@ -148,16 +155,17 @@ def test_text_space_accepts_any_string():
     assert samples == [space.sample() for _ in range(20)] and all(s in space for s in samples)
 
 
-def test_reset_is_seeded_and_renders_history(dataset, retriever):
+def test_reset_is_seeded_defaults_to_train_and_renders_history(dataset, retriever):
     env = make_env(dataset, retriever)
     users = [env.reset(seed=7)[1]["user"] for _ in range(3)]
     assert len(set(users)) == 1
-    sampled = [env.reset()[1]["user"] for _ in range(20)]
-    assert len(set(sampled)) > 1 and set(sampled) <= set(dataset.eval_users("test").tolist())
+    sampled = [env.reset()[1] for _ in range(20)]
+    assert len({i["user"] for i in sampled}) > 1 and {i["split"] for i in sampled} == {"train"}
+    assert {i["user"] for i in sampled} <= set(dataset.eval_users("train").tolist())
     obs, info = env.reset(options={"user": 5, "split": "valid"})
     history, target = dataset.history_and_target(5, "valid")
     assert (info["user"], info["split"], info["turn"], info["n_tool_calls"]) == (5, "valid", 0, 0)
-    assert "target" not in info and "episode" not in info
+    assert "target" not in info and "deeprec" not in info and "episode" not in info
     for i, item in enumerate(history[-20:], start=1):
         assert f"{i}. {dataset.item_card(int(item), 80)}" in obs
     assert obs.endswith(f"{THINK_OPEN}\n")
@@ -169,7 +177,7 @@ def test_reset_is_seeded_and_renders_history(dataset, retriever):
 def test_tags_happy_path(dataset, retriever):
     reward = FakeReward()
     env = make_env(dataset, retriever, reward, protocol="tags")
-    obs, info = env.reset(seed=0, options={"user": 3})
+    obs, info = env.reset(seed=0, options={"user": 3, "split": "test"})
     history, target = dataset.history_and_target(3, "test")
 
     segment = f"The user likes westerns. {PREF_OPEN} western; showdown {PREF_CLOSE} trailing junk the env drops"
@@ -186,26 +194,23 @@ def test_tags_happy_path(dataset, retriever):
     assert not term and not trunc and len(info["tool_calls"][1]["item_ids"]) == 20
     assert [c.turn for c in env.episode.tool_calls] == [0, 1]
     assert [c.preference for c in env.episode.tool_calls] == ["western; showdown", "cooking; market"]
-    assert reward.calls == 0  # terminal mode: the reward is computed once, at the end
+    assert reward.calls == 0  # the reward is computed once, at the end
 
     chosen, lines = answer_titles(dataset, info)
     obs, r, term, trunc, info = env.step(f"Ranking the westerns first.\n{THINK_CLOSE}\n{TAGS.render_answer(lines)}")
     assert (obs, term, trunc) == ("", True, False) and info["action"] == "answer"
-    episode = info["episode"]
-    assert info["answer"]["ranked_ids"] == chosen and list(episode.ranked_ids) == chosen
-    assert info["answer"]["item_ids"] == [*chosen, None, None]
-    assert (info["n_invalid"], info["n_duplicate"]) == (1, 1)
-    assert info["format_problems"] == [] and episode.format_ok
-    assert info["retrieved"] == list(episode.retrieved) and episode.target == target
-    assert reward.calls == 1 and r == info["reward_total"] == sum(info["reward_terms"].values())
-    assert info["reward_terms"]["calls"] == 1.0 and info["reward_terms"]["listed"] == 1.0
-    assert episode.n_turns == 3 and episode.n_malformed == 0 and not episode.truncated
+    episode = info["deeprec"]
+    assert list(episode.ranked_ids) == chosen and list(episode.answer_ids) == [*chosen, None, None]
+    assert (episode.n_invalid, episode.n_duplicate) == (1, 1) and episode.format_ok and episode.target == target
+    assert reward.calls == 1 and r == episode.reward_total == sum(episode.reward_terms.values())
+    assert episode.reward_terms["calls"] == 1.0 and episode.reward_terms["listed"] == 1.0
+    assert episode.n_turns == 3 and episode.n_malformed == 0 and not episode.truncated and episode.truncated_by is None
 
 
 def test_chat_happy_path(dataset, retriever):
     reward = FakeReward()
     env = make_env(dataset, retriever, reward, protocol="chat")
-    obs, info = env.reset(seed=0, options={"user": 3})
+    obs, info = env.reset(seed=0, options={"user": 3, "split": "test"})
     messages = json.loads(obs)
     assert messages == info["messages"] and [m["role"] for m in messages] == ["system", "user"]
     assert info["tools"] == [TOOL_SCHEMA]
@@ -221,11 +226,40 @@ def test_chat_happy_path(dataset, retriever):
     obs, r, term, trunc, info = env.step("Now cooking. " + CHAT.render_tool_call("cooking; market"))
     chosen, lines = answer_titles(dataset, info)
     obs, r, term, trunc, info = env.step("Westerns first, they fit best.\n" + CHAT.render_answer(lines))
-    assert term and not trunc and info["format_problems"] == []
-    assert info["answer"]["ranked_ids"] == chosen and (info["n_invalid"], info["n_duplicate"]) == (1, 1)
-    assert reward.calls == 1 and r == info["reward_total"]
-    transcript = info["episode"].transcript
-    assert [m["role"] for m in transcript] == ["assistant", "tool", "assistant", "tool", "assistant"]
+    episode = info["deeprec"]
+    assert term and not trunc and episode.format_ok
+    assert list(episode.ranked_ids) == chosen and (episode.n_invalid, episode.n_duplicate) == (1, 1)
+    assert reward.calls == 1 and r == episode.reward_total
+    assert [m["role"] for m in episode.transcript] == ["assistant", "tool", "assistant", "tool", "assistant"]
+
+
+def test_chat_runs_every_call_of_a_message_in_one_retrieval(dataset, retriever):
+    counting = CountingRetriever(retriever)
+    env = make_env(dataset, counting, FakeReward(), protocol="chat")
+    env.reset(seed=0)
+    two = "Both sides. " + CHAT.render_tool_call("western") + "\n" + CHAT.render_tool_call("cooking")
+    obs, r, term, trunc, info = env.step(two)
+    assert counting.batches == [2] and [m["role"] for m in json.loads(obs)] == ["tool", "tool"]
+    assert [c["preference"] for c in info["tool_calls"]] == ["western", "cooking"]
+    assert [c.turn for c in env.episode.tool_calls] == [0, 0]
+    message = {"role": "assistant", "content": "Structured.", "tool_calls": [structured_call("racing")]}
+    obs, *_, info = env.step(message)  # an assistant message dict: its structured calls run as they are
+    assert counting.batches == [2, 1] and info["tool_calls"][-1]["preference"] == "racing"
+    assert env.episode.transcript[-2] == message
+
+
+def test_failed_tool_call_gets_an_error_result_and_fails_the_format(dataset, retriever):
+    env = make_env(dataset, retriever, FakeReward(), protocol="chat")
+    env.reset(seed=0)
+    bad = f'{TOOL_CALL_OPEN}{{"name": "search", "arguments": {{"preference": "x"}}}}{TOOL_CALL_CLOSE}'
+    obs, *_ = env.step("Trying. " + bad)
+    (tool,) = json.loads(obs)
+    assert tool["role"] == "tool" and tool["content"].startswith("Error: unknown tool 'search'")
+    assert env.episode.n_failed_calls == 1 and env.episode.tool_calls == []
+    env.step(CHAT.render_tool_call("western"))
+    _, lines = answer_titles(dataset, env._info())
+    *_, info = env.step("Ranked.\n" + CHAT.render_answer(lines))
+    assert "tool results do not match tool calls" in info["deeprec"].format_problems
 
 
 def test_malformed_segment_gets_a_hint_and_counts(dataset, retriever):
@@ -254,21 +288,23 @@ def test_tool_call_limit_truncates(dataset, retriever, protocol):
     for preference in ("comedy", "drama"):
         assert env.step(call(protocol, preference))[2:4] == (False, False)
     obs, r, term, trunc, info = env.step(call(protocol, "one too many"))
-    assert (obs, term, trunc, info["truncated_by"]) == ("", False, True, "max_tool_calls")
-    assert info["n_tool_calls"] == 2 and info["episode"].truncated and info["format_problems"]
-    assert r == reward(info["episode"]).total == 1.0 + -1.0  # calls paid, format failed, outcome gated
+    episode = info["deeprec"]
+    assert (obs, term, trunc, episode.truncated_by) == ("", False, True, "max_tool_calls")
+    assert info["n_tool_calls"] == 2 and episode.truncated and episode.format_problems
+    assert r == reward(episode).total == 1.0 + -1.0  # calls paid, format failed, outcome gated
     assert env.step("after the end") == ("", 0.0, False, True, env._info())
     assert env.step(call(protocol))[1:4] == (0.0, False, True)
 
 
-def test_turn_limit_truncates(dataset, retriever):
+def test_turn_limit_processes_the_last_segment_then_truncates(dataset, retriever):
     env = make_env(dataset, retriever, max_turns=3)
     env.reset(seed=0)
     assert env.step("thinking")[2:4] == (False, False)
-    assert env.step(call("tags"))[2:4] == (False, False)
-    obs, r, term, trunc, info = env.step("still thinking")
-    assert (term, trunc, info["truncated_by"], info["turn"]) == (False, True, "max_turns", 3)
-    assert env.episode.n_malformed == 2 and "no tool call" not in info["format_problems"]
+    assert env.step("still thinking")[2:4] == (False, False)
+    obs, r, term, trunc, info = env.step(call("tags"))
+    assert (term, trunc, info["deeprec"].truncated_by, info["turn"]) == (False, True, "max_turns", 3)
+    assert info["n_tool_calls"] == 1 and obs.startswith(f"\n{ITEMS_OPEN}")  # the last call ran
+    assert env.episode.n_malformed == 2 and "no tool call" not in info["deeprec"].format_problems
 
 
 def test_answer_on_the_last_turn_is_accepted(dataset, retriever):
@@ -288,7 +324,7 @@ def test_huge_action_truncates_via_token_cap(dataset, retriever, protocol):
         started = time.perf_counter()
         obs, r, term, trunc, info = env.step(huge)
         assert time.perf_counter() - started < 10
-        assert (obs, term, trunc, info["truncated_by"]) == ("", False, True, "max_episode_tokens")
+        assert (obs, term, trunc, info["deeprec"].truncated_by) == ("", False, True, "max_episode_tokens")
         assert math.isfinite(r) and info["n_tool_calls"] == 0 and env.episode.n_tokens <= 8192
         assert env.step(huge)[1:4] == (0.0, False, True)
 
@@ -304,7 +340,7 @@ def test_token_cap_counts_observations_with_a_custom_counter(dataset, retriever)
         obs, r, term, trunc, info = env.step(call("tags", "more"))
         if trunc:
             break
-    assert trunc and info["truncated_by"] == "max_episode_tokens" and obs.startswith(f"\n{ITEMS_OPEN}")
+    assert trunc and info["deeprec"].truncated_by == "max_episode_tokens" and obs.startswith(f"\n{ITEMS_OPEN}")
 
 
 def test_non_string_actions_are_coerced(dataset, retriever):
@@ -327,12 +363,62 @@ def test_step_before_reset_is_a_clear_error(dataset, retriever):
 def test_bad_config_is_one_clear_error(dataset, retriever):
     with pytest.raises(ValueError, match="protocol"):
         make_env(dataset, retriever, protocol="xml")
-    with pytest.raises(ValueError, match="reward_mode"):
-        make_env(dataset, retriever, reward_mode="sometimes")
     with pytest.raises(ValueError, match="env.instructions"):
         make_env(dataset, retriever, instructions="short")
-    with pytest.raises(ValueError, match="reward_levels"):
-        make_env(dataset, retriever, lambda ep: None, reward_mode="per_turn")
+    with pytest.raises(ValueError, match="env.split"):
+        make_env(dataset, retriever, split="all")
+    with pytest.raises(ValueError, match="levels"):
+        PerTurnReward(make_env(dataset, retriever, lambda ep: None))
+
+
+# --- Gymnasium wrappers ---------------------------------------------------------------------------------------
+
+
+def play(env, agent, **reset):
+    """One episode of `agent` in a (wrapped) env: the final info and the rewards of every step."""
+    obs, info = env.reset(**reset)
+    agent.reset(obs, info)
+    rewards = []
+    while True:
+        obs, r, term, trunc, info = env.step(agent.act(obs, info))
+        rewards.append(r)
+        if term or trunc:
+            return info, rewards
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_standard_wrappers_stack_on_gymnasium_make(dataset, retriever, protocol):
+    env_id = f"deeprec-test/Wrapped-{protocol}-v0"
+    gymnasium.register(env_id, entry_point=lambda **kw: make_env(dataset, retriever, FakeReward(), **kw))
+    try:
+        made = gymnasium.make(env_id, protocol=protocol, max_episode_steps=10, disable_env_checker=False)
+        assert "PassiveEnvChecker" in str(made) and "TimeLimit" in str(made)
+        env = RecordEpisodeStatistics(ScoreTruncated(made))
+        agent = ScriptedAgent(dataset, protocol=protocol)
+        for seed in range(4):
+            info, rewards = play(env, agent, seed=seed)
+            episode = info["deeprec"]
+            assert episode.format_ok and episode.truncated_by is None  # complete, answered episodes
+            assert info["episode"]["r"] == pytest.approx(episode.reward_total) == pytest.approx(sum(rewards))
+            assert info["episode"]["l"] == episode.n_turns == len(rewards)
+    finally:
+        gymnasium.registry.pop(env_id, None)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_time_limit_and_max_turns_score_the_same_text_alike(dataset, retriever, protocol):
+    segments = ["thinking", call(protocol, "comedy"), call(protocol, "drama")]
+    results = {}
+    for name, env in {
+        "max_turns": make_env(dataset, retriever, FakeReward(), protocol=protocol, max_turns=3),
+        "time_limit": ScoreTruncated(TimeLimit(make_env(dataset, retriever, FakeReward(), protocol=protocol), 3)),
+    }.items():
+        env.reset(seed=4)
+        total = sum(env.step(segment)[1] for segment in segments[:-1])
+        _, r, term, trunc, info = env.step(segments[-1])
+        results[name] = (total + r, trunc, info["deeprec"].format_problems, info["deeprec"].reward_terms)
+    assert results["max_turns"][:3] == results["time_limit"][:3] and results["max_turns"][1]
+    assert results["max_turns"][3] == results["time_limit"][3] and results["max_turns"][0] == 0.5 * 2 - 1.0
 
 
 # --- fuzzing --------------------------------------------------------------------------------------------------
@@ -358,7 +444,7 @@ SEGMENTS = st.one_of(
 
 @pytest.fixture(scope="module")
 def fuzz_envs(dataset, retriever):
-    return {p: make_env(dataset, retriever, FakeReward(), protocol=p, reward_mode="per_turn") for p in ("tags", "chat")}
+    return {p: PerTurnReward(make_env(dataset, retriever, FakeReward(), protocol=p)) for p in ("tags", "chat")}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -380,8 +466,8 @@ def test_arbitrary_text_never_raises(fuzz_envs, protocol, segments):
         total += reward
         if term or trunc:
             ended = True
-            assert total == info["reward_total"]
-            assert info["episode"].n_turns <= env.config.max_turns
+            assert total == info["deeprec"].reward_total
+            assert info["deeprec"].n_turns <= env.unwrapped.config.max_turns
 
 
 # --- reward timing --------------------------------------------------------------------------------------------
@@ -397,30 +483,30 @@ def scripted(env, dataset, protocol):
     _, lines = answer_titles(dataset, info)
     close = f"{THINK_CLOSE}\n" if protocol == "tags" else ""
     _, r, term, _, info = env.step(f"Final ranking.\n{close}{codec.render_answer(lines)}")
-    assert term and info["format_problems"] == []
+    assert term and info["deeprec"].format_ok
     return rewards + [r], info
 
 
 @pytest.mark.parametrize("protocol", ["tags", "chat"])
-def test_per_turn_pays_process_terms_early_and_sums_to_terminal(dataset, retriever, protocol):
+def test_per_turn_wrapper_pays_process_terms_early_and_sums_to_terminal(dataset, retriever, protocol):
     terminal, info_t = scripted(make_env(dataset, retriever, FakeReward(), protocol=protocol), dataset, protocol)
-    per_turn, info_p = scripted(
-        make_env(dataset, retriever, FakeReward(), protocol=protocol, reward_mode="per_turn"), dataset, protocol
-    )
-    assert terminal[:3] == [0.0, 0.0, 0.0] and terminal[3] == info_t["reward_total"]
+    levels_env = make_env(dataset, retriever, FakeReward(), protocol=protocol)
+    per_turn, info_p = scripted(PerTurnReward(levels_env), dataset, protocol)
+    assert terminal[:3] == [0.0, 0.0, 0.0] and terminal[3] == info_t["deeprec"].reward_total
     assert per_turn[:3] == [0.0, 0.5, 0.5]  # the calls term, paid at the tool-call steps
-    assert sum(per_turn) == sum(terminal) == info_p["reward_total"] == info_t["reward_total"]
-    assert info_p["reward_terms"] == info_t["reward_terms"]
+    assert sum(per_turn) == sum(terminal) == info_p["deeprec"].reward_total
+    assert info_p["deeprec"].reward_terms == info_t["deeprec"].reward_terms
 
 
 def test_per_turn_sum_is_exact_for_a_truncated_episode(dataset, retriever):
-    levels = {"a": "process", "b": "outcome"}
+    class Reward:
+        levels = {"a": "process", "b": "outcome"}
 
-    def reward(episode):
-        a = 0.1 * len(episode.tool_calls) + (0.0 if episode.format_ok else -0.3)
-        return SimpleNamespace(total=a + 0.7, terms={"a": a, "b": 0.7})
+        def __call__(self, episode):
+            a = 0.1 * len(episode.tool_calls) + (0.0 if episode.format_ok else -0.3)
+            return SimpleNamespace(total=a + 0.7, terms={"a": a, "b": 0.7})
 
-    env = DeepRecEnv(dataset, retriever, reward, levels, EnvConfig(reward_mode="per_turn", max_tool_calls=3))
+    env = PerTurnReward(DeepRecEnv(dataset, retriever, Reward(), EnvConfig(max_tool_calls=3)))
     env.reset(seed=2)
     paid = []
     while True:
@@ -428,7 +514,61 @@ def test_per_turn_sum_is_exact_for_a_truncated_episode(dataset, retriever):
         paid.append(r)
         if term or trunc:
             break
-    assert paid[0] == pytest.approx(0.1) and sum(paid) == info["reward_total"]
+    assert paid[0] == pytest.approx(0.1) and sum(paid) == info["deeprec"].reward_total
+
+
+# --- framework-driven episodes (TRL) --------------------------------------------------------------------------
+
+
+def test_run_tool_and_finish_score_the_live_episode_like_stepping(dataset, retriever):
+    stepped = make_env(dataset, retriever, FakeReward(), protocol="chat")
+    obs, info = stepped.reset(options={"user": 9})
+    agent = ScriptedAgent(dataset, protocol="chat")
+    agent.reset(obs, info)
+    while True:
+        obs, r, term, trunc, info = stepped.step(agent.act(obs, info))
+        if term or trunc:
+            break
+    reference = info["deeprec"]
+    completion = []  # as TRL records it: assistant messages with structured calls, then the tool messages
+    for message in reference.transcript:
+        action = CHAT.parse(message) if message["role"] == "assistant" else None
+        if action is not None and action.kind == "tool_call":
+            calls = [structured_call(c.preference) for c in action.calls]
+            completion.append({"role": "assistant", "content": action.reasoning, "tool_calls": calls})
+        else:
+            completion.append(message)
+
+    counting = CountingRetriever(retriever)
+    live = make_env(dataset, counting, FakeReward(), protocol="chat")
+    live.reset(options={"user": 9})
+    results = [live.run_tool(c.preference) for c in reference.tool_calls]
+    assert results == [m["content"] for m in reference.transcript if m["role"] == "tool"]
+    reward, final = live.finish(completion)
+    episode = final["deeprec"]
+    assert counting.batches == [1] * len(reference.tool_calls)  # nothing is retrieved again when scoring
+    assert reward == reference.reward_total and episode.ranked_ids == reference.ranked_ids
+    assert episode.format_problems == reference.format_problems and episode.n_turns == reference.n_turns
+    assert [c.turn for c in episode.tool_calls] == [c.turn for c in reference.tool_calls]
+    again = live.finish(completion)  # an ended episode keeps its result
+    assert again[0] == 0.0 and again[1]["deeprec"] is episode
+
+
+def test_finish_without_an_answer_is_a_truncated_format_failure(dataset, retriever):
+    env = make_env(dataset, retriever, FakeReward(), protocol="chat", max_tool_calls=1)
+    env.reset(seed=3)
+    first = env.run_tool("western")
+    assert env.run_tool("again").startswith("No more tool calls")
+    reward, info = env.finish(
+        [
+            {"role": "assistant", "content": "", "tool_calls": [structured_call("western")]},
+            {"role": "tool", "name": "retrieve", "content": first},
+            {"role": "assistant", "content": "I think the user likes"},
+        ]
+    )
+    assert info["deeprec"].truncated_by == "max_tool_calls" and reward == 0.5 - 1.0
+    with pytest.raises(ValueError, match="chat codec"):
+        make_env(dataset, retriever, protocol="tags").run_tool("x")
 
 
 # --- vector env -----------------------------------------------------------------------------------------------
@@ -437,36 +577,58 @@ def test_per_turn_sum_is_exact_for_a_truncated_episode(dataset, retriever):
 @pytest.mark.parametrize("protocol", ["tags", "chat"])
 def test_vector_env_batches_tool_calls(dataset, retriever, protocol):
     counting = CountingRetriever(retriever)
-    vec = DeepRecVectorEnv(dataset, counting, 4, FakeReward(), config=EnvConfig(protocol=protocol))
+    vec = DeepRecVectorEnv(dataset, counting, 4, FakeReward(), EnvConfig(protocol=protocol), autoreset_mode="Disabled")
     users = [0, 7, 21, 33]
-    obs, infos = vec.reset(seed=0, options={"users": users})
-    assert [i["user"] for i in infos] == users
+    obs, infos = vec.reset(seed=0, options={"users": users, "split": "test"})
+    assert list(infos["user"]) == users and infos["_user"].all()
     actions = [call(protocol, "western"), call(protocol, "cooking"), "only thinking", call(protocol, "racing")]
     obs, rewards, term, trunc, infos = vec.step(actions)
-    assert counting.batches == [3]
+    assert counting.batches == [3] and isinstance(rewards, np.ndarray)
     single = make_env(dataset, retriever, FakeReward(), protocol=protocol)
     for i, user in enumerate(users):
-        single.reset(options={"user": user})
+        single.reset(options={"user": user, "split": "test"})
         s_obs, s_r, s_term, s_trunc, s_info = single.step(actions[i])
         assert obs[i] == s_obs and (rewards[i], term[i], trunc[i]) == (s_r, s_term, s_trunc)
-        assert infos[i]["tool_calls"] == s_info["tool_calls"]
+        assert unbatch_info(infos, i)["tool_calls"] == s_info["tool_calls"]
 
     finish = [f"{THINK_CLOSE}\n{REC_OPEN}\n1. x\n{REC_CLOSE}" if protocol == "tags" else CHAT.render_answer(["x"])]
     obs, rewards, term, trunc, infos = vec.step(finish + [call(protocol, "again")] * 3)
     assert counting.batches == [3, 3] and term[0] and not any(term[1:])
+    assert "deeprec" in unbatch_info(infos, 0) and "deeprec" not in unbatch_info(infos, 1)
     obs, rewards, term, trunc, infos = vec.step([call(protocol, "after end")] + ["thinking"] * 3)
-    assert counting.batches == [3, 3] and (obs[0], rewards[0], term[0]) == ("", 0.0, True)
+    assert counting.batches == [3, 3] and (obs[0], rewards[0], term[0]) == ("", 0.0, True)  # disabled: inert
+    obs, infos = vec.reset(
+        options={"reset_mask": np.array([True, False, False, False]), "users": [5, None, None, None]}
+    )
+    assert unbatch_info(infos, 0)["user"] == 5 and "_user" in infos and not infos["_user"][1:].any()
     with pytest.raises(ValueError, match="4 actions"):
         vec.step(["a"])
+
+
+def test_vector_env_autoreset_modes_follow_gymnasium(dataset, retriever):
+    answer = f"{THINK_CLOSE}\n{REC_OPEN}\n1. x\n{REC_CLOSE}"
+    next_step = DeepRecVectorEnv(dataset, retriever, 2, FakeReward())
+    next_step.reset(seed=0)
+    _, _, term, _, _ = next_step.step([answer, "thinking"])
+    assert term[0] and next_step.metadata["autoreset_mode"].value == "NextStep"
+    obs, rewards, term, trunc, infos = next_step.step([call("tags"), "thinking"])  # sub-env 0 resets, action ignored
+    assert obs[0].endswith(f"{THINK_OPEN}\n") and (rewards[0], term[0], trunc[0]) == (0.0, False, False)
+    assert unbatch_info(infos, 0)["turn"] == 0
+
+    same_step = DeepRecVectorEnv(dataset, retriever, 2, FakeReward(), autoreset_mode="SameStep")
+    same_step.reset(seed=0)
+    obs, _, term, _, infos = same_step.step([answer, "thinking"])
+    assert term[0] and obs[0].endswith(f"{THINK_OPEN}\n") and infos["_final_info"][0] and not infos["_final_info"][1]
+    assert "deeprec" in infos["final_info"] and infos["final_obs"][0] == ""
 
 
 def test_vector_env_is_deterministic_for_a_seed(dataset, retriever):
     runs = []
     for _ in range(2):
-        vec = DeepRecVectorEnv(dataset, retriever, 3, config=EnvConfig(reward_mode="per_turn"))
+        vec = DeepRecVectorEnv(dataset, retriever, 3)
         obs, infos = vec.reset(seed=123)
         step = vec.step([call("tags", "western"), call("tags", "sci-fi"), "hmm"])
-        runs.append((obs, [i["user"] for i in infos], step[0], step[1], [i["tool_calls"] for i in step[4]]))
+        runs.append((obs, list(infos["user"]), step[0], list(step[1]), list(step[4]["tool_calls"])))
     assert runs[0] == runs[1]
     assert len(set(runs[0][1])) > 1  # sub-envs get different seeds
 
@@ -476,14 +638,8 @@ def test_vector_env_is_deterministic_for_a_seed(dataset, retriever):
 
 def test_registered_with_gymnasium():
     spec = gymnasium.spec("deeprec/DeepRec-v0")
-    assert spec.entry_point == "deeprec_env.registration:make_env"
-
-
-def test_make_env_rejects_unknown_arguments():
-    from deeprec_env.registration import make_env as factory
-
-    with pytest.raises(TypeError, match="recal_k"):
-        factory(dataset="synthetic", recal_k=5)
+    assert spec.entry_point == "deeprec_env.stack:make_env"
+    assert spec.vector_entry_point == "deeprec_env.stack:make_vector_env"
 
 
 SMALL = [
@@ -503,53 +659,71 @@ def small_artifacts(tmp_path_factory):
     return str(tmp_path_factory.mktemp("make-env-artifacts"))
 
 
+def test_make_env_rejects_unknown_arguments(small_artifacts):
+    with pytest.raises(TypeError, match="recal_k"):
+        gymnasium.make("deeprec/DeepRec-v0", dataset="synthetic", artifacts=small_artifacts, overrides=SMALL, recal_k=5)
+
+
 def test_make_env_builds_a_working_env_on_synthetic(small_artifacts):
     """The registered factory end to end (loads the bundled sentence encoder, trains a 20-step TRM: ~15 s)."""
-    from deeprec_env.trm.retriever import InProcessRetriever
-
     env = gymnasium.make(
-        "deeprec/DeepRec-v0",
-        dataset="synthetic",
-        reward=None,
-        artifacts=small_artifacts,
-        hydra_overrides=SMALL,
-        recall_k=5,
+        "deeprec/DeepRec-v0", dataset="synthetic", reward=None, artifacts=small_artifacts, overrides=SMALL, recall_k=5
     )
     raw = env.unwrapped
     assert isinstance(raw, DeepRecEnv) and isinstance(raw.retriever, InProcessRetriever)
-    assert (raw.config.recall_k, raw.config.protocol, raw.dataset.n_items) == (5, "tags", 80)
+    assert (raw.config.recall_k, raw.config.protocol, raw.config.split, raw.dataset.n_items) == (5, "tags", "train", 80)
     obs, info = env.reset(seed=0)
     obs, r, term, trunc, info = env.step(f"Westerns. {PREF_OPEN} western; showdown {PREF_CLOSE}")
     assert len(info["tool_calls"][0]["item_ids"]) == 5 and obs.count("\n") >= 5 and r == 0.0
 
 
+def test_make_vec_equals_single_envs_with_one_retrieval_per_step(small_artifacts):
+    """`gymnasium.make_vec(num_envs=8)`: the same per-episode rewards as 8 single envs for the same seeds, and one
+    batched retrieval per step."""
+    kwargs = {"dataset": "synthetic", "reward": "rec", "artifacts": small_artifacts, "overrides": SMALL}
+    envs = gymnasium.make_vec("deeprec/DeepRec-v0", num_envs=8, **kwargs)
+    assert isinstance(envs, DeepRecVectorEnv)
+    envs.retriever = counting = CountingRetriever(envs.retriever)
+    dataset = envs.envs[0].dataset
+    agents = [ScriptedAgent(dataset) for _ in range(8)]
+    obs, infos = envs.reset(seed=10)
+    for i, agent in enumerate(agents):
+        agent.reset(obs[i], unbatch_info(infos, i))
+    first = [None] * 8
+    while any(f is None for f in first):
+        actions = [agent.act(obs[i], unbatch_info(infos, i)) for i, agent in enumerate(agents)]
+        obs, rewards, term, trunc, infos = envs.step(actions)
+        for i in range(8):
+            if first[i] is None and (term[i] or trunc[i]):
+                first[i] = (unbatch_info(infos, i)["user"], float(rewards[i]))
+    assert len(counting.batches) == 4 and max(counting.batches) == 8  # scripted: four calls, batched per step
+    for i, (user, reward) in enumerate(first):
+        single = gymnasium.make("deeprec/DeepRec-v0", **kwargs)
+        info, step_rewards = play(single, ScriptedAgent(dataset), seed=10 + i)
+        assert info["user"] == user and sum(step_rewards) == reward != 0.0
+
+
 def test_make_env_binds_the_hierarchical_reward(small_artifacts):
-    pytest.importorskip("rewards.hierarchical")
-    from deeprec_env.registration import make_env as factory
-
-    totals = {}
-    for mode in ("terminal", "per_turn"):
-        env = factory(
-            dataset="synthetic", reward="cold", artifacts=small_artifacts, hydra_overrides=SMALL, reward_mode=mode
-        )
-        assert env.reward_levels.get("format") == "process"
-        rewards, info = scripted(env, env.dataset, "tags")
-        assert math.isclose(sum(rewards), info["reward_total"], abs_tol=1e-9) and info["format_problems"] == []
-        assert info["reward_terms"]["invocation"] > 0
-        totals[mode] = (rewards, info["reward_total"])
-    assert totals["terminal"][1] == pytest.approx(totals["per_turn"][1])
-    # cold: invocation pays from the second call on, which per_turn pays at that step
-    assert totals["terminal"][0][2] == 0.0 and totals["per_turn"][0][2] >= 0.5
+    env = gymnasium.make(
+        "deeprec/DeepRec-v0", dataset="synthetic", reward="cold", artifacts=small_artifacts, overrides=SMALL
+    )
+    assert env.unwrapped.reward_fn.levels["format"] == "process"
+    terminal, info = scripted(env, env.unwrapped.dataset, "tags")
+    per_turn, _ = scripted(PerTurnReward(env), env.unwrapped.dataset, "tags")
+    assert info["deeprec"].reward_terms["invocation"] > 0 and math.isclose(sum(per_turn), sum(terminal))
+    # cold: invocation pays from the second call on, which the per-turn wrapper pays at that step
+    assert terminal[2] == 0.0 and per_turn[2] >= 0.5
 
 
-def test_compose_config_keeps_a_running_hydra_app():
+def test_compose_keeps_a_running_hydra_app():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from deeprec_env.registration import CONFIG_DIR, compose_config
+    from deeprec_env.config import CONFIG_DIR, compose
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR / "dataset"), version_base=None):
         before = GlobalHydra.instance().hydra
-        cfg = compose_config(["dataset=synthetic"])
+        cfg = compose("env_config", ["dataset=synthetic"])
         assert cfg.dataset.name == "synthetic" and GlobalHydra.instance().hydra is before
-    assert compose_config(["dataset=games"]).dataset.name == "games" and not GlobalHydra.instance().is_initialized()
+    assert compose("env_config", ["dataset=games"]).dataset.name == "games"
+    assert not GlobalHydra.instance().is_initialized()

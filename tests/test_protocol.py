@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from agents.baselines import RandomAgent
 from deeprec_env.data.dataset import ItemMeta, RecDataset
+from deeprec_env.env import EnvConfig
 from deeprec_env.protocol import (
     ALL_TAGS,
     FORMAT_CHECKS,
@@ -39,20 +40,19 @@ from deeprec_env.protocol import (
     Action,
     AnswerMatch,
     ChatCodec,
-    ProtocolConfig,
     TagsCodec,
     TitleMatcher,
-    extract_answer,
-    extract_preferences,
+    ToolRequest,
     format_problems,
     get_codec,
     item_cards,
     normalize_preference,
-    retrieve_tool_signature,
+    structured_call,
+    tool_docstring,
 )
 
 TAGS, CHAT = TagsCodec(), ChatCodec()
-CFG = ProtocolConfig()
+CFG = EnvConfig()
 KINDS = {"tool_call", "answer", "malformed"}
 TITLES10 = [f"Movie {chr(65 + i)}" for i in range(10)]
 
@@ -65,7 +65,7 @@ def test_tags_tool_call_round_trip():
     assert action == Action(
         "tool_call",
         action.text,
-        preference="animated family film; 1990s",
+        calls=(ToolRequest("animated family film; 1990s"),),
         reasoning="The user likes cartoons.",
         end=len(action.text),
     )
@@ -132,59 +132,71 @@ def test_chat_tool_call_round_trip_and_qwen_format():
     assert (action.kind, action.preference, action.reasoning) == ("tool_call", "dark thriller; 1990s", "Let me search.")
 
 
-@pytest.mark.parametrize(
-    "segment, preference",
-    [
-        ('{"name": "retrieve", "arguments": {"preference": "space opera"}}', "space opera"),
-        ('I will call it: {"name": "retrieve", "arguments": {"preference": "noir"}} now', "noir"),
-        ('<tool_call>{"name": "retrieve", "arguments": "{\\"preference\\": \\"western\\"}"}</tool_call>', "western"),
-        ('<tool_call>{"name": "retrieve", "parameters": {"preference": "musical"}}</tool_call>', "musical"),
-    ],
-)
-def test_chat_accepts_bare_json_and_string_arguments(segment, preference):
-    action = CHAT.parse(segment)
-    assert action.kind == "tool_call" and action.preference == preference
+def test_chat_reads_string_arguments_and_no_bare_json():
+    quoted = '<tool_call>{"name": "retrieve", "arguments": "{\\"preference\\": \\"western\\"}"}</tool_call>'
+    assert CHAT.parse(quoted).preference == "western"
+    bare = CHAT.parse('I will call it: {"name": "retrieve", "arguments": {"preference": "noir"}} now')
+    assert bare.kind == "malformed" and bare.error == "no action"  # as TRL: only <tool_call> blocks are calls
+
+
+def test_chat_runs_every_call_of_a_message_and_calls_win_over_an_answer():
+    text = "Two sides. " + CHAT.render_tool_call("jazz") + "\n" + CHAT.render_tool_call("blues")
+    action = CHAT.parse(CHAT.render_answer(["A"]) + text)
+    assert action.kind == "tool_call" and [c.preference for c in action.calls] == ["jazz", "blues"]
+    assert action.end == len(CHAT.render_answer(["A"]) + text)
+
+
+ONE_ARGUMENT = "retrieve takes exactly one argument, preference"
 
 
 @pytest.mark.parametrize(
     "body, error",
     [
         ('{"name": "search", "arguments": {"preference": "comedy"}}', "unknown tool 'search'"),
-        ('{"name": "retrieve", "arguments": {"preference": "comedy"}', "bad JSON"),
-        ("not json at all", "bad JSON"),
-        ('{"name": "retrieve", "arguments": {}}', "missing preference"),
-        ('{"name": "retrieve", "arguments": {"preference": 42}}', "missing preference"),
+        ('{"name": "retrieve", "arguments": {}}', ONE_ARGUMENT),
+        (
+            '{"name": "retrieve", "arguments": {"preference": "x", "k": 5}}',
+            "retrieve takes exactly one argument, preference",
+        ),
+        (
+            '{"name": "retrieve", "parameters": {"preference": "musical"}}',
+            "retrieve takes exactly one argument, preference",
+        ),
+        ('{"name": "retrieve", "arguments": {"preference": 42}}', "preference is not a string"),
         ('{"name": "retrieve", "arguments": ["comedy"]}', "arguments are not an object"),
         ('["retrieve", "comedy"]', "tool call is not a JSON object"),
-        ("[" * 100_000, "bad JSON"),  # nesting deep enough for a RecursionError in json
     ],
 )
-def test_chat_malformed_tool_calls(body, error):
+def test_chat_failed_tool_calls(body, error):
     action = CHAT.parse(f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}")
-    assert action.kind == "malformed" and action.error == error
+    assert action.kind == "tool_call" and action.calls == (ToolRequest(error=error),)
 
 
-def test_chat_answer_and_parse_message():
+@pytest.mark.parametrize("body", ['{"name": "retrieve", "arguments": {"preference": "x"}', "not json", "[" * 100_000])
+def test_chat_bad_json_makes_the_message_plain_text(body):
+    good = CHAT.render_tool_call("jazz")
+    action = CHAT.parse(f"{good}\n{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}")
+    assert action.kind == "malformed" and action.error == "bad JSON in a tool call" and not action.calls
+
+
+def test_chat_answer_and_structured_messages():
     answer = CHAT.parse("Ranked by fit.\n" + CHAT.render_answer(["A", "B"]))
     assert answer.kind == "answer" and answer.answer_lines == ("A", "B")
-    message = {
-        "role": "assistant",
-        "content": "Searching.",
-        "tool_calls": [{"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "jazz"}}}],
-    }
-    action = CHAT.parse_message(message)
+    message = {"role": "assistant", "content": "Searching.", "tool_calls": [structured_call("jazz")]}
+    action = CHAT.parse(message)
     assert action.kind == "tool_call" and action.preference == "jazz" and action.reasoning == "Searching."
-    assert CHAT.parse_message({"role": "assistant", "content": None}).kind == "malformed"
-    assert CHAT.parse_message({"role": "assistant", "tool_calls": "junk"}).kind == "malformed"
+    assert CHAT.parse({"role": "assistant", "content": None}).kind == "malformed"
+    assert CHAT.parse({"role": "assistant", "tool_calls": "junk"}).kind == "malformed"
 
 
-def test_tool_schema_matches_transformers_and_stub_raises():
+def test_tool_docstring_gives_transformers_the_tool_schema():
     get_json_schema = pytest.importorskip("transformers.utils").get_json_schema
-    schema = get_json_schema(retrieve_tool_signature)
-    schema["function"]["name"] = "retrieve"
-    assert schema == TOOL_SCHEMA
-    with pytest.raises(NotImplementedError, match="environment executes"):
-        retrieve_tool_signature("comedy")
+
+    def retrieve(preference: str) -> str:
+        return preference
+
+    retrieve.__doc__ = tool_docstring()
+    assert get_json_schema(retrieve) == TOOL_SCHEMA
 
 
 # --- hypothesis: any string parses ------------------------------------------------------------------------------
@@ -218,11 +230,9 @@ def test_parse_never_raises(text):
         action = codec.parse(text)
         assert action.kind in KINDS and action.text == text
         assert 0 <= action.end <= len(text)
-        assert action.kind == "tool_call" or not action.preference
+        assert action.kind == "tool_call" or not action.calls
         problems = format_problems(text, 1, 10, codec)
         assert set(problems) <= set(FORMAT_CHECKS)
-        codec.extract_preferences(text)
-        codec.extract_answer(text)
 
 
 @settings(max_examples=150, deadline=None)
@@ -259,17 +269,16 @@ def test_render_tool_result_exact():
     assert TAGS.render_tool_result(["A (1995) | X", "B"]) == f"\n{ITEMS_OPEN}\n1. A (1995) | X\n2. B\n{ITEMS_CLOSE}\n\n"
     assert TAGS.render_tool_result([]) == f"\n{ITEMS_OPEN}\nNone\n{ITEMS_CLOSE}\n\n"
     assert CHAT.render_tool_result(["A", "B"]) == "1. A\n2. B"
-    assert CHAT.tool_message(["A"]) == {"role": "tool", "name": "retrieve", "content": "1. A"}
+    assert CHAT.tool_message("1. A") == {"role": "tool", "name": "retrieve", "content": "1. A"}
 
 
 def test_tags_prompt_layout():
-    cfg = ProtocolConfig(history_items=2, rec_k=7)
-    prompt = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], cfg)
+    prompt = TAGS.render_prompt(["Mid (1995)", "New (2000)"], EnvConfig(rec_k=7))
     assert prompt.endswith("Now, let's begin.\nUser:\n1. Mid (1995)\n2. New (2000)\nAssistant:\n<think>\n")
     assert prompt.endswith(PROMPT_END) and prompt.count(PROMPT_END) == 1
     assert "exactly 7 titles" in prompt and PREF_OPEN in prompt and ITEMS_OPEN in prompt and REC_OPEN in prompt
     # the example tags of the prompt are not part of the solution
-    assert extract_preferences(prompt) == [] and extract_answer(prompt) is None
+    assert TAGS.solution(prompt) == ""
 
 
 def test_chat_prompt_messages():
@@ -280,14 +289,14 @@ def test_chat_prompt_messages():
 
 
 def test_brief_instructions_state_the_limits_and_keep_the_prompt_layout():
-    brief = ProtocolConfig(history_items=2, rec_k=7, recall_k=5, max_tool_calls=3, instructions="brief")
-    full_text = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], ProtocolConfig(history_items=2, rec_k=7))
-    text = TAGS.render_prompt(["Old (1990)", "Mid (1995)", "New (2000)"], brief)
+    brief = EnvConfig(rec_k=7, recall_k=5, max_tool_calls=3, instructions="brief")
+    full_text = TAGS.render_prompt(["Mid (1995)", "New (2000)"], EnvConfig(rec_k=7))
+    text = TAGS.render_prompt(["Mid (1995)", "New (2000)"], brief)
     assert len(text) < len(full_text) / 3
     assert text.endswith("User:\n1. Mid (1995)\n2. New (2000)\nAssistant:\n<think>\n")
     assert "exactly 7 retrieved titles" in text and "at most 3 calls, 5 items each" in text
     assert PREF_OPEN in text and REC_OPEN in text and THINK_CLOSE in text
-    assert extract_preferences(text) == [] and extract_answer(text) is None
+    assert TAGS.solution(text) == ""
     system = CHAT.render_prompt(["A (1990)"], brief)[0]["content"]
     assert "`retrieve(preference)`" in system and PREF_OPEN not in system
 
@@ -317,19 +326,10 @@ def tags_transcript(
     return text + (TAGS.render_answer(TITLES10) if answer is None else answer)
 
 
-def test_extract_preferences_skips_empty_and_uses_last_open():
-    text = (
-        f"{PREF_OPEN} {PREF_CLOSE} x {PREF_OPEN} a {PREF_OPEN} b {PREF_CLOSE} {PREF_OPEN} c {PREF_CLOSE} {PREF_OPEN} d"
-    )
-    assert extract_preferences(text) == ["b", "c"]
-
-
 def test_well_formed_tags_transcript_passes():
     transcript = tags_transcript()
     assert format_problems(transcript, 2, 10) == []
     assert format_problems(transcript[transcript.index(PROMPT_END) + len(PROMPT_END) :], 2, 10, TAGS) == []
-    assert extract_preferences(transcript) == ["animated family film; 1990s", "crime thriller; heist"]
-    assert extract_answer(transcript) == tuple(TITLES10)
 
 
 @pytest.mark.parametrize(
@@ -385,10 +385,9 @@ def test_role_words_inside_tool_results_and_titles_are_fine():
 def chat_messages(final="Ranked by how well each fits.\n", tool_calls=True):
     messages = CHAT.render_prompt(["A (1990)"], CFG)
     if tool_calls:
-        call = {"type": "function", "function": {"name": "retrieve", "arguments": {"preference": "space opera"}}}
         messages += [
-            {"role": "assistant", "content": "The user likes sci-fi.", "tool_calls": [call]},
-            CHAT.tool_message(["Star Wars (1977) | Sci-Fi", "Dune (1984) | Sci-Fi"]),
+            {"role": "assistant", "content": "The user likes sci-fi.", "tool_calls": [structured_call("space opera")]},
+            CHAT.tool_message(CHAT.render_tool_result(["Star Wars (1977) | Sci-Fi", "Dune (1984) | Sci-Fi"])),
         ]
     messages.append({"role": "assistant", "content": final + CHAT.render_answer(TITLES10)})
     return messages
@@ -399,7 +398,6 @@ def test_chat_format_checks():
     assert format_problems(messages, 1, 10, "chat") == []
     text = CHAT.render_messages(messages)
     assert format_problems(text, 1, 10, CHAT) == []
-    assert CHAT.extract_preferences(messages) == ["space opera"] and CHAT.extract_answer(messages) == tuple(TITLES10)
     assert format_problems(chat_messages(final=""), 1, 10, "chat") == [PROBLEM_NO_REASONING]
     assert format_problems(chat_messages(tool_calls=False), 0, 10, "chat") == [PROBLEM_NO_TOOL_CALL]
     assert format_problems(chat_messages(final="<think>Ranking. "), 1, 10, "chat") == [

@@ -1,30 +1,29 @@
-"""Preference queries built from item metadata: aspects, phrasings, determinism and the title-leak rule."""
+"""Preference queries built from item metadata: aspects, phrasings, determinism, the title-leak rule and the
+catalogue lexicon that `dataset.catalogue` selects."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import real_data_root
+from fakes import HashEncoder, real_data_root, synthetic_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deeprec_env.data.dataset import ItemMeta, RecDataset
-from deeprec_env.data.source import SyntheticConfig
+from deeprec_env.data.source import DatasetConfig, DatasetError, SyntheticConfig, artifact_root, load_dataset
 from deeprec_env.data.synthetic import generate_synthetic
 from deeprec_env.trm.queries import (
-    DIGITAL,
-    GAME_GENRES,
-    GAME_KIND,
-    KINDS,
-    PLATFORMS,
     TEMPLATE_WORDS,
+    Lexicon,
+    catalogue_lexicon,
+    catalogues,
     category_query,
-    detect_kind,
-    detect_platforms,
     item_aspects,
     main_title,
     phrase_query,
@@ -36,6 +35,7 @@ from deeprec_env.trm.queries import (
 )
 
 SHARED_DATA = real_data_root()
+GAMES = catalogue_lexicon("games")
 GAMES_TITLES = [
     "Call of Duty: Black Ops II - PlayStation 3",
     "Nintendo 3DS XL Charger",
@@ -61,16 +61,17 @@ GAMES_TITLES = [
 ]
 
 
-def make_dataset(name: str, metas: list[ItemMeta]) -> RecDataset:
+def make_dataset(name: str, metas: list[ItemMeta], catalogue: str) -> RecDataset:
     n = len(metas)
     items = [ItemMeta("<pad>"), *metas]
     sequences = [np.arange(1, n + 1, dtype=np.int64)]
-    return RecDataset(name, items, sequences, ["u0"], ["", *[f"i{i}" for i in range(1, n + 1)]])
+    ids = ["", *[f"i{i}" for i in range(1, n + 1)]]
+    return RecDataset(name, items, sequences, ["u0"], ids, catalogue=catalogue)
 
 
 @pytest.fixture(scope="module")
 def games() -> RecDataset:
-    return make_dataset("games-mini", [ItemMeta(t) for t in GAMES_TITLES])
+    return make_dataset("games-mini", [ItemMeta(t) for t in GAMES_TITLES], "games")
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +91,21 @@ def movies() -> RecDataset:
             ItemMeta("unknown", None, ("unknown",)),
             ItemMeta("Blade Runner", 1982, ("Film-Noir", "Sci-Fi", "IMAX")),
         ],
+        "movies",
     )
 
 
 def non_title_words(dataset: RecDataset, item: int) -> set[str]:
     """Words of the aspects that do not come from the title as keywords (era, categories, platforms, ...)."""
-    keywords = {w.lower() for w in title_keywords(dataset.items[item].title)}
+    keywords = {w.lower() for w in title_keywords(dataset.items[item].title, catalogue_lexicon(dataset.catalogue))}
     return {w for a in item_aspects(dataset, item) if a.lower() not in keywords for w in title_words(a)}
+
+
+def added_words(dataset: RecDataset) -> set[str]:
+    """The words a query of this dataset may add besides its aspects: templates, nouns, the default type's plural."""
+    lexicon = catalogue_lexicon(dataset.catalogue)
+    default = [lexicon.kinds[lexicon.default_kind]] if lexicon.default_kind else []
+    return set(TEMPLATE_WORDS) | {w for noun in [*lexicon.nouns, *default] for w in title_words(noun)}
 
 
 def check_no_title_leak(dataset: RecDataset, item: int, queries: list[str]) -> None:
@@ -109,7 +118,7 @@ def check_no_title_leak(dataset: RecDataset, item: int, queries: list[str]) -> N
             assert not title_leaks(query, title), (title, query)
         else:  # only aspects plus at most one title word
             extra = set(title_words(query)) & set(words)
-            extra -= non_title_words(dataset, item) | TEMPLATE_WORDS
+            extra -= non_title_words(dataset, item) | added_words(dataset)
             assert len(extra) <= 1, (title, query, extra)
         main = title_words(main_title(title))
         if len(main) > 3:
@@ -149,30 +158,30 @@ def check_no_title_leak(dataset: RecDataset, item: int, queries: list[str]) -> N
     ],
 )
 def test_platform_and_type_detection(title: str, platforms: list[str], kind: str | None) -> None:
-    assert detect_platforms(title) == platforms
-    assert detect_kind(title) == kind
-    assert set(detect_platforms(title)) <= set(PLATFORMS)
+    assert GAMES.detect_platforms(title) == platforms
+    assert GAMES.detect_kind(title) == kind
+    assert set(GAMES.detect_platforms(title)) <= set(GAMES.platforms)
 
 
 def test_game_aspects(games: RecDataset) -> None:
     aspects = {meta.title: item_aspects(games, i) for i, meta in enumerate(games.items) if i}
     cod = aspects["Call of Duty: Black Ops II - PlayStation 3"]
-    assert "PlayStation 3" in cod and GAME_KIND in cod and "shooter" in cod
+    assert "PlayStation 3" in cod and "video game" in cod and "shooter" in cod
     assert {"Call", "Duty"} <= set(cod) and "II" not in cod
     charger = aspects["Nintendo 3DS XL Charger"]
     assert charger == ["charger", "Nintendo 3DS"]  # "XL" is model boilerplate, the title has no other content
-    assert aspects["Tetris"] == ["puzzle", "Tetris", GAME_KIND]
+    assert aspects["Tetris"] == ["puzzle", "Tetris", "video game"]
     old_model = aspects["Nintendo 3DS XL - Black [Old Model]"]
     assert not {"Old", "Model", "Black"} & set(old_model)
     dark = aspects["Dark Souls III Deluxe Edition [Online Game Code]"]
-    assert DIGITAL in dark and "role-playing" in dark and not {"Deluxe", "Edition", "III"} & set(dark)
-    assert aspects["1942"] == [GAME_KIND]
-    assert aspects["Xbox 360"] == [GAME_KIND, "Xbox 360"]
+    assert "digital download" in dark and "role-playing" in dark and not {"Deluxe", "Edition", "III"} & set(dark)
+    assert aspects["1942"] == ["video game"]
+    assert aspects["Xbox 360"] == ["video game", "Xbox 360"]
     assert aspects["Madden NFL 15 (Ultimate Edition) - PlayStation 4"][0] == "football"
     assert "Blue" not in aspects["PDP PS3 Afterglow Wireless Controller - Blue"]
     # titles whose main part has <= 3 words give at most one keyword
     for title in ("Far Cry 3", "Final Fantasy XII", "Super Smash Bros. - Nintendo 64", "Venetica - PC"):
-        assert len(title_keywords(title)) == 1, title
+        assert len(title_keywords(title, GAMES)) == 1, title
 
 
 def test_movie_aspects_carry_genres_and_era(movies: RecDataset) -> None:
@@ -226,14 +235,17 @@ def test_phrase_query_uses_one_to_three_aspects(aspects: list[str], seed: int, n
 
 def test_phrase_query_platform_and_type_phrasing() -> None:
     rng = np.random.default_rng(0)
-    queries = {phrase_query(["charger", "Nintendo 3DS"], rng, "games") for _ in range(200)}
+    queries = {phrase_query(["charger", "Nintendo 3DS"], rng, "games", GAMES) for _ in range(200)}
     assert any("chargers for Nintendo 3DS" in q for q in queries)
     assert all("games" not in q for q in queries if "charger" in q)  # the product type replaces the noun
     assert any(";" in q for q in queries)  # the tag style appears
+    plain = {phrase_query(["charger", "Nintendo 3DS"], rng, "games") for _ in range(200)}
+    assert not any("chargers" in q for q in plain)  # without the lexicon they are mere descriptors of the noun
+    assert any("charger" in q and "games" in q for q in plain)
     queries = {phrase_query(["1990s", "comedy", "romance"], rng, ["movies", "films"]) for _ in range(300)}
     assert len(queries) > 25
     assert any("movies" in q for q in queries) and any("films" in q for q in queries)
-    assert {KINDS[GAME_KIND]} == {"video games"}
+    assert GAMES.kinds[str(GAMES.default_kind)] == "video games"
 
 
 def test_category_query() -> None:
@@ -287,17 +299,95 @@ def test_query_bank_texts(synthetic: RecDataset) -> None:
     assert nouns == {"titles", "items"}
 
 
+# -- catalogue selection -----------------------------------------------------------------------------------------
+def games_only_aspects(dataset: RecDataset) -> set[str]:
+    """The item aspects that only the games lexicon produces (platforms, types, genres, digital), not counting
+    title keywords ("Xbox" in "Xbox 360" is one under any catalogue)."""
+    only_games = {*GAMES.platforms, *GAMES.kinds, *GAMES.genres, GAMES.digital}
+    return {
+        aspect
+        for item in range(1, dataset.n_items + 1)
+        for aspect in item_aspects(dataset, item)
+        if aspect in only_games and aspect.lower() not in title_words(dataset.items[item].title)
+    }
+
+
+def bank_words(dataset: RecDataset) -> set[str]:
+    return {w for row in query_bank_texts(dataset, 4)[1:] for q in row for w in title_words(q)}
+
+
+def test_the_catalogue_not_the_name_selects_the_lexicon() -> None:
+    dataset = make_dataset("ml-games", [ItemMeta(t) for t in GAMES_TITLES], "games")  # the name says nothing
+    assert {"PlayStation 3", "charger", "shooter", "digital download", "video game"} <= games_only_aspects(dataset)
+    assert "games" in bank_words(dataset)
+    dataset.catalogue = "generic"  # the same dataset object: its cached lexicon follows the catalogue
+    assert games_only_aspects(dataset) == set()
+    assert item_aspects(dataset, GAMES_TITLES.index("Tetris") + 1) == ["Tetris"]
+    words = bank_words(dataset)
+    assert {"titles", "items"} <= words and not {"games", "video"} & words
+    dataset.catalogue = "movies"
+    assert games_only_aspects(dataset) == set() and {"movies", "films"} <= bank_words(dataset)
+
+
+def test_an_unknown_catalogue_is_one_clear_error() -> None:
+    lexicon_files = Path(__file__).resolve().parents[1] / "deeprec_env" / "trm" / "lexicons"
+    assert catalogues() == tuple(sorted(f.stem for f in lexicon_files.glob("*.yaml"))) == ("games", "generic", "movies")
+    known = re.escape("use one of ['games', 'generic', 'movies']")
+    with pytest.raises(DatasetError, match=rf"^dataset 'books': unknown dataset.catalogue 'books'; {known}$"):
+        DatasetConfig(name="books", catalogue="books")
+    with pytest.raises(ValueError, match=rf"^unknown catalogue 'books'; {known} \(or add lexicons/books.yaml\)$"):
+        item_aspects(make_dataset("books", [ItemMeta("Dune")], "books"), 1)
+    with pytest.raises(ValueError, match="it needs 'nouns' and may only have"):
+        Lexicon("books", {"nouns": ["books"], "authors": {"Herbert": ["herbert"]}})
+
+
+def test_the_catalogue_comes_from_the_config_not_the_cache(tmp_path: Path) -> None:
+    generic = synthetic_config(n_users=30, n_items=60, max_len=12)
+    movies = replace(generic, catalogue="movies")
+    assert generic.catalogue == "generic" and generic.cache_key() == movies.cache_key()
+    assert load_dataset(generic, tmp_path).catalogue == "generic"
+    assert load_dataset(movies, tmp_path).catalogue == "movies"  # the same cached files, another lexicon
+    saved = json.loads((artifact_root(tmp_path, movies) / "dataset" / "items.json").read_text(encoding="utf-8"))
+    assert "catalogue" not in saved
+
+
+def test_query_bank_and_preference_models_are_cached_per_catalogue(tmp_path: Path) -> None:
+    from deeprec_env.trm.model import ModelConfig
+    from deeprec_env.trm.train import TRMConfig, checkpoint_dir, query_bank_embeddings
+
+    class NamedEncoder(HashEncoder):
+        name = "hash"
+
+    encoder = NamedEncoder()
+    dataset = make_dataset("mini", [ItemMeta(t) for t in GAMES_TITLES[:4]], "games")
+    games_bank = query_bank_embeddings(dataset, encoder, 2, 0, tmp_path)
+    dataset.catalogue = "generic"
+    generic_bank = query_bank_embeddings(dataset, encoder, 2, 0, tmp_path)
+    assert games_bank.shape == generic_bank.shape == (5, 2, encoder.dim)
+    assert not np.array_equal(games_bank, generic_bank)
+    assert {d.name for d in tmp_path.glob("query-bank-*")} == {
+        "query-bank-hash-games-2v-seed0",
+        "query-bank-hash-generic-2v-seed0",
+    }
+
+    trm = TRMConfig(name="trm", model=ModelConfig(fuse_item_text=True, fuse_query=True))
+    assert checkpoint_dir(trm, tmp_path, encoder, "games") != checkpoint_dir(trm, tmp_path, encoder, "movies")
+    with pytest.raises(ValueError, match="^trm 'trm' fuses queries: pass catalogue=dataset.catalogue$"):
+        checkpoint_dir(trm, tmp_path, encoder)
+    sasrec = TRMConfig(name="sasrec")  # no query fusion: the catalogue does not matter
+    assert checkpoint_dir(sasrec, tmp_path) == checkpoint_dir(sasrec, tmp_path, catalogue="games")
+
+
 # -- the real Games catalogue -------------------------------------------------------------------------------------
 @pytest.mark.integration
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} is absent")
 def test_real_games_queries(tmp_path_factory: pytest.TempPathFactory) -> None:
     from omegaconf import OmegaConf
 
-    from deeprec_env.data.source import DatasetConfig, load_dataset
-
     config_file = Path(__file__).resolve().parents[1] / "configs" / "dataset" / "games.yaml"
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(config_file)))
     dataset = load_dataset(cfg, tmp_path_factory.mktemp("artifacts"))
+    assert dataset.catalogue == "games"
     started = time.perf_counter()
     bank = query_bank_texts(dataset, 4, seed=0)
     elapsed = time.perf_counter() - started
@@ -308,20 +398,20 @@ def test_real_games_queries(tmp_path_factory: pytest.TempPathFactory) -> None:
     platform = detected_type = typed = genre = 0
     for item in range(1, dataset.n_items + 1):
         aspects = set(item_aspects(dataset, item))
-        has_platform = bool(aspects & set(PLATFORMS))
-        has_type = bool(aspects & (set(KINDS) - {GAME_KIND} | {DIGITAL}))
+        has_platform = bool(aspects & set(GAMES.platforms))
+        has_type = bool(aspects & (set(GAMES.kinds) - {GAMES.default_kind} | {GAMES.digital}))
         platform += has_platform
         detected_type += has_platform or has_type
-        typed += has_platform or bool(aspects & set(KINDS))
-        genre += has_platform or has_type or bool(aspects & set(GAME_GENRES))
+        typed += has_platform or bool(aspects & set(GAMES.kinds))
+        genre += has_platform or has_type or bool(aspects & set(GAMES.genres))
     n = dataset.n_items
     shares = (platform / n, detected_type / n, genre / n, typed / n)
     print(
         f"games: {elapsed:.1f} s for 4 phrasings x {n} items; platform {shares[0]:.1%}, platform or detected "
-        f"product type {shares[1]:.1%}, or game genre {shares[2]:.1%}, with the default '{GAME_KIND}' type "
+        f"product type {shares[1]:.1%}, or game genre {shares[2]:.1%}, with the default '{GAMES.default_kind}' type "
         f"{shares[3]:.1%}"
     )
     assert shares[0] > 0.6
     assert shares[1] > 0.75  # titles like "Far Cry 3" name neither a platform nor a product type
     assert shares[2] > 0.85
-    assert shares[3] == 1.0  # every item gets a type aspect (GAME_KIND when the title names none)
+    assert shares[3] == 1.0  # every item gets a type aspect (the default kind when the title names none)

@@ -28,9 +28,9 @@ SMALL = [
 AGENTS = {"scripted": ScriptedAgent, **PROBES}
 
 
-def run_agent(env, cls, users):
+def run_agent(stack, cls, users):
     """Mean reward, format_ok rate, tool calls and mean reward terms of one agent on `users`."""
-    run = run_probe(env, cls, users, "test", N_ENVS)
+    run = run_probe(stack, cls, users, "test", N_ENVS)
     return {
         "reward": float(run["reward"].mean()),
         "format_ok": float(run["format_ok"].mean()),
@@ -54,16 +54,16 @@ def table(results) -> str:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from deeprec_env.registration import make_env
+    from deeprec_env.stack import stack_for
 
     artifacts = str(tmp_path_factory.mktemp("probe-artifacts"))  # one TRM, trained once, reused by both presets
     out = {}
     for preset in PRESETS:
-        env = make_env(dataset="synthetic", reward=preset, artifacts=artifacts, hydra_overrides=SMALL)
-        pool = env.dataset.eval_users("test")
+        stack = stack_for("synthetic", preset, artifacts, SMALL)
+        pool = stack.dataset.eval_users("test")
         users = np.sort(np.random.default_rng(0).choice(pool, min(N_USERS, len(pool)), replace=False))
         for agent, cls in AGENTS.items():
-            out[(preset, agent)] = run_agent(env, cls, users)
+            out[(preset, agent)] = run_agent(stack, cls, users)
     print(f"\nreward probes: synthetic, {len(users)} test users\n\n{table(out)}\n")
     return out
 

@@ -1,6 +1,5 @@
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ from rewards import (
     load_reward_config,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reward"
 ALL = (
     "format",
     "invocation",
@@ -241,7 +239,7 @@ class Exploding(Component):
 
 
 def test_gate_keeps_process_terms_and_drops_outcome_terms():
-    reward = build_reward(RewardConfig())  # the paper's six terms, all weight 1
+    reward = build_reward({"diversity": {"relevance_threshold": 0.0}})  # the paper's six terms and diversity
     ep = episode(answer=[1, 2, 3], prefs=["action", "drama", "romance"], rec_k=3, problems=("answer lines",))
     b = reward(ep, CONTEXT)
     assert b.gated
@@ -287,12 +285,15 @@ def test_composer_rejects_bad_components():
 # --- config and presets ---------------------------------------------------------------------------------------------
 
 
-def _preset(name: str) -> RewardConfig:
-    return load_reward_config(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+def _preset(name: str):
+    """The composed `reward` node of a preset (configs/reward/NAME.yaml over rewards.RewardConfig)."""
+    from deeprec_env.config import compose
+
+    return compose("env_config", [f"reward={name}"]).reward
 
 
 def test_presets_load_and_select_components():
-    cold, rec = _preset("cold"), _preset("rec")
+    cold, rec = load_reward_config(_preset("cold")), load_reward_config(_preset("rec"))
     assert isinstance(cold, RewardConfig) and cold.name == "cold" and rec.name == "rec"
     cold_reward, rec_reward = build_reward(cold), build_reward(rec)
     assert cold_reward.names == rec_reward.names == ALL
@@ -305,7 +306,7 @@ def test_presets_load_and_select_components():
 
 
 def test_command_line_overrides():
-    node = OmegaConf.merge(OmegaConf.load(CONFIGS / "rec.yaml"), OmegaConf.from_dotlist(["point.weight=0"]))
+    node = OmegaConf.merge(_preset("rec"), OmegaConf.from_dotlist(["point.weight=0"]))
     assert set(build_reward(node).active) == {"format", "hit_rank"}
     node = OmegaConf.merge(node, OmegaConf.from_dotlist(["ndcg.weight=2.5", "format_gate=false"]))
     reward = build_reward(node)
@@ -317,10 +318,9 @@ def test_command_line_overrides():
 
 
 def test_hydra_composes_the_presets():
-    from hydra import compose, initialize_config_dir
+    from deeprec_env.config import compose
 
-    with initialize_config_dir(config_dir=str(CONFIGS.parent), version_base=None):
-        cfg = compose(overrides=["+reward=rec", "reward.point.weight=0", "reward.invocation.weight=1"])
+    cfg = compose("env_config", ["reward=rec", "reward.point.weight=0", "reward.invocation.weight=1"])
     reward = build_reward(cfg.reward)
     assert set(reward.active) == {"format", "hit_rank", "invocation"}
 
@@ -345,8 +345,10 @@ def episodes(draw, rec_k=10):
     )
 
 
-PAPER = build_reward(RewardConfig())  # the dataclass defaults: the paper's six terms on, extras off
-ALL_ON = build_reward(load_reward_config({name: {"weight": 1.0} for name in ALL}))
+PAPER = build_reward(RewardConfig())  # the dataclass defaults: the paper's six terms on, guards on, extras off
+ALL_ON = build_reward(
+    load_reward_config({name: {"weight": 1.0} for name in ALL} | {"diversity": {"relevance_threshold": 0}})
+)
 
 
 @settings(max_examples=150, deadline=None)

@@ -17,9 +17,10 @@ import torch
 from agents.llm import PolicyConfig, tiny_model_config, train_tokenizer
 from agents.training.grpo import DeepRecToolEnv, active_components, component_rewards
 from agents.training.warm_start import sft_messages, teacher_episodes
-from deeprec_env.env import DeepRecEnv, EnvConfig
-from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, get_codec
-from deeprec_env.registration import BoundReward
+from deeprec_env.config import StackConfig
+from deeprec_env.env import EnvConfig
+from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, ChatCodec, TitleMatcher
+from deeprec_env.stack import BoundReward, Stack
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
 from rewards import RewardContext, build_reward
@@ -34,17 +35,32 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rec_env_factory(dataset):
-    import torch
-
+def stack(dataset):
+    """A stack of hand-made parts: a small random TRM, a hash encoder, the `rec` reward without its point term."""
     torch.manual_seed(0)
     item_text = torch.randn(dataset.n_items + 1, 16)
     item_text[0] = 0
     config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
-    retriever = InProcessRetriever(SequentialRecommender(dataset.n_items, config, item_text).eval(), HashEncoder(16))
-    reward = BoundReward(build_reward({"point": {"weight": 0.0}}), RewardContext(encoder=HashEncoder(16)))
-    env_config = EnvConfig(protocol="chat", split="train", recall_k=10, max_tool_calls=4)
-    return lambda: DeepRecEnv(dataset, retriever, reward, reward.levels, env_config)
+    model = SequentialRecommender(dataset.n_items, config, item_text).eval()
+    encoder = HashEncoder(16)
+    unit_text = torch.nn.functional.normalize(item_text, dim=1).numpy()
+    reward = BoundReward(build_reward({"point": {"weight": 0.0}}), RewardContext(encoder=encoder, item_text=unit_text))
+    env = EnvConfig(protocol="chat", recall_k=10, max_tool_calls=4)
+    return Stack(
+        StackConfig(env=env),
+        dataset,
+        None,
+        encoder,
+        model,
+        InProcessRetriever(model, encoder),
+        reward,
+        TitleMatcher(dataset),
+    )
+
+
+@pytest.fixture(scope="module")
+def rec_env_factory(stack):
+    return stack.make_env
 
 
 def test_tokenizer_keeps_protocol_tags_whole_and_supports_tool_calling(dataset):
@@ -79,23 +95,69 @@ def test_unknown_tiny_architecture_is_one_clear_error():
         PolicyConfig(arch="bert").validate()
 
 
-def test_sft_messages_render_tool_calls_that_parse_back(dataset, rec_env_factory):
-    tokenizer = train_tokenizer(dataset, vocab_size=512)
-    episodes = teacher_episodes(rec_env_factory(), [int(u) for u in dataset.eval_users("train")[:4]], "scripted", 4, 0)
-    codec = get_codec("chat")
+def trl_parse(tokenizer, text: str) -> dict:
+    """An assistant turn as TRL reads it back during GRPO: the tokenizer's response parser over the generated ids."""
+    from trl.chat_template_utils import parse_response
+
+    prompt = [{"role": "user", "content": "hi"}]
+    prefix = tokenizer.apply_chat_template(prompt, tools=[TOOL_SCHEMA], add_generation_prompt=True, tokenize=True)
+    ids = tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    return parse_response(tokenizer, ids, prefix=list(prefix["input_ids"]), tools=[TOOL_SCHEMA])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dataset):
+    from trl.chat_template_utils import add_response_schema
+
+    return add_response_schema(train_tokenizer(dataset, vocab_size=512))
+
+
+def test_sft_messages_render_tool_calls_that_parse_back(dataset, stack, tokenizer):
+    episodes = teacher_episodes(
+        stack, {"split": "train"}, [int(u) for u in dataset.eval_users("train")[:4]], "scripted", 4, 0
+    )
     for episode in episodes:
         messages = sft_messages(episode)
         calls = [m for m in messages if m.get("tool_calls")]
         assert [c["tool_calls"][0]["function"]["arguments"]["preference"] for c in calls] == episode.preferences
-        text = tokenizer.apply_chat_template(messages, tools=[TOOL_SCHEMA], tokenize=False)
-        assert codec.extract_preferences(text) == [p for p in episode.preferences if p]
+        for message in calls:
+            text = tokenizer.apply_chat_template([message], tools=[TOOL_SCHEMA], tokenize=False).split(
+                "assistant\n", 1
+            )[1]
+            assert trl_parse(tokenizer, text.removesuffix("<|im_end|>\n"))["tool_calls"] == message["tool_calls"]
         assert messages[-1]["role"] == "assistant" and "<recommendation_list>" in messages[-1]["content"]
 
 
-def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_list(dataset, rec_env_factory):
+CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"preference": "{p}"}}}}\n</tool_call>'
+ASSISTANT_TEXTS = [
+    "Reason. " + CALL.format(name="retrieve", p="jazz"),
+    "Two. " + CALL.format(name="retrieve", p="jazz") + "\n" + CALL.format(name="retrieve", p="blues"),
+    "Bad. " + CALL.format(name="retrieve", p="jazz") + '\n<tool_call>\n{"name": "retrieve"\n</tool_call>',
+    'Bare {"name": "retrieve", "arguments": {"preference": "noir"}}',
+    "Other. " + CALL.format(name="search", p="jazz"),
+    '<tool_call>\n{"name": "retrieve", "arguments": {"preference": "x", "k": 2}}\n</tool_call>',
+    "Ranked.\n<recommendation_list>\n1. A\n</recommendation_list>",
+    "<tool_call> " + CALL.format(name="retrieve", p="nested"),
+    'Unclosed <tool_call>\n{"name": "retrieve", "arguments": {"preference": "x"}}',
+]
+
+
+@pytest.mark.parametrize("text", ASSISTANT_TEXTS)
+def test_env_and_trl_read_the_same_tool_calls(tokenizer, text):
+    """One definition of a tool call: the chat codec runs exactly the calls TRL parses (and would execute)."""
+    trl_calls = trl_parse(tokenizer, text).get("tool_calls", [])
+    action = ChatCodec().parse(text)
+    assert len(action.calls) == len(trl_calls) and (action.kind == "tool_call") == bool(trl_calls)
+    for request, call in zip(action.calls, trl_calls, strict=True):
+        function = call["function"]
+        runs = function["name"] == "retrieve" and set(function["arguments"]) == {"preference"}
+        assert request.runs == runs and (not runs or request.preference == function["arguments"]["preference"])
+
+
+def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_list(dataset, stack):
     users = [int(u) for u in dataset.eval_users("train")[:4]]
-    scripted = teacher_episodes(rec_env_factory(), users, "scripted", 4, 0)
-    copying = teacher_episodes(rec_env_factory(), users, "scripted-copy", 4, 0)
+    scripted = teacher_episodes(stack, {"split": "train"}, users, "scripted", 4, 0)
+    copying = teacher_episodes(stack, {"split": "train"}, users, "scripted-copy", 4, 0)
     for fused, copied in zip(scripted, copying, strict=True):
         assert copied.preferences == fused.preferences and len(copied.tool_calls) == 4
         assert copied.format_ok and copied.ranked_ids == copied.tool_calls[0].item_ids[: copied.rec_k]
@@ -108,35 +170,54 @@ def _trl_completion(episode) -> list[dict]:
     return [m for m in sft_messages(episode) if m["role"] in ("assistant", "tool")]
 
 
-def test_adapter_delegates_retrieval_and_replays_to_the_env_reward(dataset, rec_env_factory):
+class CountingRetriever:
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    @property
+    def n_items(self):
+        return self.inner.n_items
+
+    def retrieve(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.retrieve(*args, **kwargs)
+
+
+def test_adapter_scores_the_live_episode_without_retrieving_again(dataset, stack):
     user = int(dataset.eval_users("train")[0])
-    direct = rec_env_factory()
-    episode = teacher_episodes(direct, [user], "scripted", 1, 0)[0]
-    adapter = DeepRecToolEnv(rec_env_factory())
+    episode = teacher_episodes(stack, {"split": "train"}, [user], "scripted", 1, 0)[0]
+    counting = CountingRetriever(stack.retriever)
+    env = stack.make_env()
+    env.retriever = counting
+    adapter = DeepRecToolEnv(env)
     adapter.reset(user=user, split="train")
-    cards = adapter.retrieve(episode.tool_calls[1].preference)
-    assert cards == episode.transcript[3]["content"]  # the same tool message the env wrote for the teacher
-    info = adapter._replay(_trl_completion(episode))
-    assert info["episode"].ranked_ids == episode.ranked_ids
-    assert not info["format_problems"]
+    results = [adapter.retrieve(call.preference) for call in episode.tool_calls]  # as TRL runs the tool calls
+    assert results == [m["content"] for m in episode.transcript if m["role"] == "tool"]
     names, weights = active_components(adapter.env)
-    rewards = [fn([_trl_completion(episode)], [adapter])[0] for fn in component_rewards(names, 10)]
-    assert np.dot(rewards, weights) == pytest.approx(info["reward_total"])
+    rewards = [fn([_trl_completion(episode)], [adapter])[0] for fn in component_rewards(names)]
+    scored = adapter._finish(_trl_completion(episode))
+    assert counting.calls == len(episode.tool_calls)  # scoring retrieved nothing
+    assert scored.ranked_ids == episode.ranked_ids and scored.format_ok
+    assert np.dot(rewards, weights) == pytest.approx(scored.reward_total) == pytest.approx(episode.reward_total)
 
 
-def test_adapter_scores_an_unfinished_completion_as_a_format_failure(dataset, rec_env_factory):
-    adapter = DeepRecToolEnv(rec_env_factory())
+def test_adapter_tool_schema_is_the_protocol_schema():
+    from transformers.utils import get_json_schema
+
+    assert get_json_schema(DeepRecToolEnv.retrieve) == TOOL_SCHEMA
+
+
+def test_adapter_scores_an_unfinished_completion_as_a_format_failure(dataset, stack):
+    adapter = DeepRecToolEnv(stack.make_env())
     adapter.reset(user=int(dataset.eval_users("train")[1]), split="train")
-    info = adapter._replay([{"role": "assistant", "content": "I think the user likes"}])
-    assert info["truncated_by"] == "no answer" and info["format_problems"]
-    assert info["reward_total"] == pytest.approx(-1.0)
+    episode = adapter._finish([{"role": "assistant", "content": "I think the user likes"}])
+    assert episode.truncated_by == "no answer" and episode.format_problems
+    assert episode.reward_total == pytest.approx(-1.0)
 
 
-def test_adapter_refuses_the_tags_codec(dataset, rec_env_factory):
-    env = rec_env_factory()
-    tags = DeepRecEnv(env.dataset, env.retriever, env.reward_fn, env.reward_levels, EnvConfig(protocol="tags"))
+def test_adapter_refuses_the_tags_codec(stack):
     with pytest.raises(ValueError, match="chat codec"):
-        DeepRecToolEnv(tags)
+        DeepRecToolEnv(stack.make_env(protocol="tags"))
 
 
 PIPELINE = [
@@ -157,10 +238,9 @@ PIPELINE = [
     "trainer.n_envs=8",
     "trainer.env.max_turns=3",
     "trainer.env.recall_k=5",
-    "trainer.env.history_items=5",
     "trainer.warm_start.users=8",
-    "trainer.warm_start.epochs=1",
-    "trainer.warm_start.batch_size=4",
+    "trainer.warm_start.num_train_epochs=1",
+    "trainer.warm_start.per_device_train_batch_size=4",
     "trainer.warm_start.save_steps=1",
     "trainer.validation.users=4",
     "trainer.evaluation.users=6",
@@ -177,7 +257,7 @@ PIPELINE = [
         for stage in ("stage1", "stage2")
         for key in (
             "num_generations=2",
-            "prompts_per_step=1",
+            "per_device_train_batch_size=2",
             "max_completion_length=48",
             "users=6",
             "difficulty_filter=false",
@@ -223,14 +303,14 @@ def test_validation_history_is_written_as_it_happens_and_continued_on_resume(tmp
     from agents.training import monitor
 
     monkeypatch.setattr(monitor, "LLMPolicy", lambda *args: None)
-    monkeypatch.setattr(monitor, "policy_episodes", lambda *args: ([SimpleNamespace()], [0.0]))
+    monkeypatch.setattr(monitor, "policy_episodes", lambda *args: [SimpleNamespace()])
     monkeypatch.setattr(monitor, "transcript_text", lambda episode: "")
     scores = iter(range(100))
-    monkeypatch.setattr(monitor, "validation_scalars", lambda episodes, rewards: {"valid/reward": float(next(scores))})
+    monkeypatch.setattr(monitor, "validation_scalars", lambda episodes: {"valid/reward": float(next(scores))})
     path = tmp_path / "stage2" / "validation.json"
 
     def callback():
-        return monitor.ValidationCallback(lambda: None, [1], tmp_path / "tb", 2, PolicyConfig(), 1, "stage2", path)
+        return monitor.ValidationCallback(None, {}, [1], tmp_path / "tb", 2, PolicyConfig(), 1, "stage2", path)
 
     def history():
         return [(h["step"], h["valid/reward"]) for h in json.loads(path.read_text())["history"]]
@@ -303,25 +383,39 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert {p.relative_to(run / "tensorboard").parts[0] for p in events} >= {"warm_start", "stage1", "stage2"}
 
-    evaluation = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.evaluate",
-            *PIPELINE,
-            "agent=[trm-agent,llm]",
-            f"policy.path={run / 'stage2' / 'final'}",
-            "env.protocol=chat",
-            "env.max_turns=3",
-            "eval.max_users=4",
-            f"artifacts={tmp_path / 'artifacts'}",
-            f"hydra.run.dir={tmp_path / 'evaluate'}",
-        ],
+    evaluation = subprocess.run(  # the trained policy, evaluated from the command line with no env override
+        [*_evaluate_command(tmp_path, run), "agent=llm", "eval.max_users=6"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
     )
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    llm = json.loads((tmp_path / "evaluate" / "results.json").read_text())[1]
-    assert llm["agent"] == "llm" and llm["n_users"] == 4 and "format_ok" in llm["episode"]
+    (llm,) = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    trained = records["grpo-stage2"]
+    assert llm["agent"] == "llm" and llm["n_users"] == trained["n_users"] == 6
+    assert llm["metrics"]["ndcg@10"] == trained["metrics"]["ndcg@10"]  # the trainer's own evaluation, reproduced
+    assert llm["episode"]["reward"] == trained["episode"]["reward"]
+    settings = json.loads((run / "stage2" / "final" / "deeprec.json").read_text())
+    assert settings["env"]["protocol"] == "chat" and settings["env"]["max_turns"] == 3
+
+    conflicting = subprocess.run(
+        [*_evaluate_command(tmp_path, run), "agent=llm", "env.max_turns=5"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert conflicting.returncode != 0 and "env.max_turns=5 (trained with 3)" in conflicting.stderr
+
+
+def _evaluate_command(tmp_path: Path, run: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.evaluate",
+        *PIPELINE,
+        f"policy.path={run / 'stage2' / 'final'}",
+        f"artifacts={tmp_path / 'artifacts'}",
+        f"hydra.run.dir={tmp_path / 'evaluate'}",
+    ]

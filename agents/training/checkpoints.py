@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,15 @@ def finish_from(checkpoint: str, tokenizer, final: Path) -> Path:
     return final
 
 
-def trainer_settings(out_dir: Path, save_steps: int, seed: int, logging_dir: Path | None) -> dict:
-    """The TRL config fields every phase uses: checkpoints in `out_dir`, TensorBoard logs in `logging_dir`, CPU."""
+def trainer_settings(out_dir: Path, seed: int, logging_dir: Path | None) -> dict:
+    """The TRL config fields every phase uses: checkpoints in `out_dir`, TensorBoard logs in `logging_dir`, CPU, and
+    a progress bar only in a terminal (in a log, the logged metrics show progress)."""
     if logging_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(logging_dir)  # where transformers' TensorBoard callback writes
     return {
         "output_dir": str(out_dir),
-        "save_steps": save_steps,
         "save_total_limit": 2,
+        "disable_tqdm": not sys.stderr.isatty(),
         "report_to": ["tensorboard"],
         "use_cpu": True,
         "bf16": False,

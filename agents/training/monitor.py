@@ -1,42 +1,43 @@
-"""Watching a policy learn: greedy episodes of the current policy on fixed validation users, scored with the `rec`
-reward, written to TensorBoard (scalars and a sample transcript) at intervals during training."""
+"""Watching a policy learn: greedy episodes of the current policy on fixed validation users, scored with the stack's
+reward (the trainer passes a `rec` stack), written to TensorBoard (scalars and a sample transcript) at intervals."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from transformers import TrainerCallback
 
 from agents.llm import LLMAgent, LLMPolicy, PolicyConfig
-from agents.rollout import rollout, vector_env
-from deeprec_env.env import DeepRecEnv
+from agents.rollout import rollout
 from deeprec_env.metrics import list_ranks, ranking_metrics
+from deeprec_env.stack import Stack
 
 log = logging.getLogger(__name__)
 
 
 def policy_episodes(
-    policy: LLMPolicy, env: DeepRecEnv, users: Sequence[int], n_envs: int, progress: bool = False
-) -> tuple[list, list[float]]:
-    """The policy's episodes (one per user) on the env's split, and their rewards."""
+    policy: LLMPolicy, stack: Stack, env: dict, users: Sequence[int], split: str, n_envs: int, progress: bool = False
+) -> list:
+    """The policy's episodes (one per user) on `split`, in the stack's env with the `env` overrides."""
+    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env)
 
     def make_agent():
-        return LLMAgent(env.dataset, policy, protocol=env.codec, rec_k=env.config.rec_k)
+        return LLMAgent(stack.dataset, policy, protocol=envs.config.protocol, rec_k=envs.config.rec_k)
 
-    return rollout(vector_env(env, n_envs), make_agent, list(users), env.config.split, progress=progress)
+    return rollout(envs, make_agent, list(users), split, show_progress=progress)
 
 
-def validation_scalars(episodes: Sequence, rewards: Sequence[float]) -> dict[str, float]:
+def validation_scalars(episodes: Sequence) -> dict[str, float]:
     """NDCG@10, Recall@10, reward, format pass rate and tool use of a set of episodes."""
     metrics = ranking_metrics(list_ranks([e.ranked_ids for e in episodes], [e.target for e in episodes]))
     return {
         "valid/ndcg@10": float(np.mean(metrics["ndcg@10"])),
         "valid/recall@10": float(np.mean(metrics["recall@10"])),
-        "valid/reward": float(np.mean(rewards)),
+        "valid/reward": float(np.mean([e.reward_total for e in episodes])),
         "valid/format_ok": float(np.mean([e.format_ok for e in episodes])),
         "valid/called_tool": float(np.mean([len(e.tool_calls) > 0 for e in episodes])),
         "valid/tool_calls": float(np.mean([len(e.tool_calls) for e in episodes])),
@@ -58,7 +59,8 @@ class ValidationCallback(TrainerCallback):
 
     def __init__(
         self,
-        make_env: Callable[[], DeepRecEnv],
+        stack: Stack,
+        env: dict,
         users: Sequence[int],
         log_dir: Path,
         every: int,
@@ -67,7 +69,7 @@ class ValidationCallback(TrainerCallback):
         tag: str,
         history_path: Path,
     ):
-        self.make_env, self.users, self.every = make_env, list(users), every
+        self.stack, self.env, self.users, self.every = stack, env, list(users), every
         self.log_dir, self.policy_config, self.n_envs, self.tag = log_dir, policy_config, n_envs, tag
         self.history_path = history_path
         self.history: list[dict] = json.loads(history_path.read_text())["history"] if history_path.exists() else []
@@ -76,11 +78,10 @@ class ValidationCallback(TrainerCallback):
         from torch.utils.tensorboard import SummaryWriter
 
         was_training = model.training
-        episodes, rewards = policy_episodes(
-            LLMPolicy(model, tokenizer, self.policy_config), self.make_env(), self.users, self.n_envs
-        )
+        policy = LLMPolicy(model, tokenizer, self.policy_config)
+        episodes = policy_episodes(policy, self.stack, self.env, self.users, "valid", self.n_envs)
         model.train(was_training)
-        scalars = validation_scalars(episodes, rewards)
+        scalars = validation_scalars(episodes)
         # a resumed phase redoes the steps after its checkpoint: their earlier validations are replaced
         self.history = [h for h in self.history if h["step"] < state.global_step]
         self.history.append({"step": state.global_step, **scalars})

@@ -12,7 +12,6 @@ from deeprec_env.data.dataset import RecDataset, build_dataset
 
 log = logging.getLogger(__name__)
 PROCESSING_VERSION = 1  # bump when a reader, the filtering or the synthetic generator changes its output
-PROCESSING_VERSION = 1  # bump when a reader, the filtering or the synthetic generator changes its output
 
 
 class DatasetError(RuntimeError):
@@ -46,9 +45,21 @@ class DatasetConfig:
     files: dict[str, str | None] = field(default_factory=dict)  # required file -> sha256 (None: unchecked)
     homepage: str = ""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # the item-aspect lexicon of preference queries (deeprec_env/trm/lexicons): movies | games | generic
+    catalogue: str = "generic"
+
+    def __post_init__(self) -> None:
+        """Reject an unknown catalogue when the config is built, not when queries are first phrased."""
+        from deeprec_env.trm.queries import catalogues
+
+        if self.catalogue not in catalogues():
+            raise DatasetError(
+                f"dataset {self.name!r}: unknown dataset.catalogue {self.catalogue!r}; use one of {list(catalogues())}"
+            )
 
     def cache_key(self) -> dict:
-        """What determines the processed dataset (the data root does not: checksums pin the files)."""
+        """What determines the processed dataset (the data root does not: checksums pin the files; nor does the
+        catalogue, which only selects how queries describe the items)."""
         key = {
             "name": self.name,
             "format": self.format,
@@ -129,4 +140,6 @@ def load_dataset(cfg: DatasetConfig, artifacts: str | os.PathLike = "artifacts")
         dataset.save(tmp)
 
     directory = cached(artifact_root(artifacts, cfg) / "dataset", build, f"dataset {cfg.name}")
-    return RecDataset.load(directory)
+    dataset = RecDataset.load(directory)
+    dataset.catalogue = cfg.catalogue
+    return dataset

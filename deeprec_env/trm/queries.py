@@ -9,12 +9,16 @@ An item's *aspects* (`item_aspects`) are short descriptive phrases, in this orde
   never older than the last two years), then the decade (`"1990s"`);
 * its categories (genres), lower-cased unless an acronym (`"IMAX"`); placeholder genres such as
   `"unknown"` / `"(no genres listed)"` do not count;
-* for items without categories (the Amazon Games titles), aspects read off the title: up to two game genres
-  from a small franchise/keyword lexicon (`"racing"`, `"shooter"`, ...), content keywords, the
-  `"digital download"` modifier, the product type (`KINDS`: a head noun such as `"controller"` / `"charger"`,
-  or `GAME_KIND` = `"video game"` when the title names none) and up to two platforms, normalised to canonical
-  names (`PLATFORMS`, e.g. `"PS3"` -> `"PlayStation 3"`). Platform, type and game-genre detection only run for
-  game catalogues (dataset name containing "game"); keyword extraction runs for every item without categories.
+* for items without categories (the Amazon Games titles), aspects read off the title: up to two genres from
+  a small franchise/keyword list (`"racing"`, `"shooter"`, ...), content keywords, the `"digital download"`
+  modifier, the product type (`Lexicon.kinds`: a head noun such as `"controller"` / `"charger"`, or the
+  lexicon's `default_kind`, `"video game"`, when the title names none) and up to two platforms, normalised to
+  canonical names (`Lexicon.platforms`, e.g. `"PS3"` -> `"PlayStation 3"`).
+
+Genres, types, platforms and the nouns naming the items come from the lexicon of the dataset's catalogue
+(`dataset.catalogue`, set by `DatasetConfig.catalogue`; `catalogue_lexicon`): a data file in lexicons/ per
+catalogue (`catalogues`). Only `games` has platforms, types and genres; `movies` and `generic` only name their
+items. Keyword extraction runs for every item without categories, whatever the catalogue.
 
 Title-leak rule: a query must not give the title away. Content keywords are single title words that are not
 stopwords, numbers, model numbers (`M95`), roman numerals, platform or product-type words, or edition
@@ -28,238 +32,19 @@ only). Items with no aspect at all fall back to the first title word (or to `"po
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
+import yaml
 
 from deeprec_env.data.dataset import RecDataset
 
-# -- platforms -------------------------------------------------------------------------------------------------
-# (canonical name, regex); at one position the first alternative that matches wins, so specific names come first.
-_PLATFORM_SPECS: tuple[tuple[str, str], ...] = (
-    ("PlayStation 5", r"playstation\s*5|ps\s?5"),
-    ("PlayStation 4", r"playstation\s*4|ps\s?4|playstation\s*vr|psvr|dualshock\s*4|ds4"),
-    ("PlayStation 3", r"playstation\s*3|ps\s?3|playstation\s*move|dualshock\s*3|sixaxis"),
-    ("PlayStation 2", r"playstation\s*2|ps\s?2"),
-    ("PlayStation Vita", r"(?:playstation|ps)\s*vita|vita"),
-    ("PSP", r"psp(?:\s*go)?|playstation\s*portable"),
-    ("PlayStation", r"playstation|psx|ps\s?1|ps\s?one"),
-    ("Xbox Series X", r"xbox\s*series(?:\s*[xs](?:\s*\|\s*s)?)?"),
-    ("Xbox One", r"xbox\s*one|xb1|xbone"),
-    ("Xbox 360", r"xbox\s*360|x360"),
-    ("Xbox", r"xbox"),
-    (
-        "Nintendo Switch",
-        r"nintendo\s*switch|switch\s*(?:lite|oled)|joy-?cons?|(?:(?<=for )|(?<=- )|(?<=and )|(?<=, )|(?<=/))switch"
-        r"|switch(?=\s*/)",
-    ),
-    ("Wii U", r"wii\s*u|wiiu|wii\s*\(u\)"),
-    ("Wii", r"wii"),
-    ("Nintendo 3DS", r"(?:new\s+)?(?:nintendo\s*)?[23]ds(?:\s*xl|\s*ll)?"),
-    ("Nintendo DS", r"nintendo\s*dsi?(?:\s*(?:xl|lite))?|ndsi?|dsi(?:\s*xl)?|ds\s*lite|ds"),
-    ("GameCube", r"game\s*cube|ngc"),
-    ("Nintendo 64", r"nintendo\s*64|n64"),
-    ("Game Boy Advance", r"game\s*boy\s*advance(?:\s*sp)?|gba"),
-    ("Game Boy Color", r"game\s*boy\s*colou?r|gbc"),
-    ("Game Boy", r"game\s*boy"),
-    ("Super Nintendo", r"super\s*nintendo|snes|super\s*nes|super\s*famicom"),
-    ("NES", r"nes|nintendo\s*entertainment\s*system|famicom"),
-    ("Sega Genesis", r"(?:sega\s*)?genesis|mega\s*drive"),
-    ("Dreamcast", r"(?:sega\s*)?dreamcast"),
-    ("Sega Saturn", r"(?:sega\s*)?saturn"),
-    ("Game Gear", r"(?:sega\s*)?game\s*gear"),
-    ("Sega Master System", r"(?:sega\s*)?master\s*system"),
-    ("Mac", r"mac\s*os(?:\s*x)?|macintosh|macbook|imac|mac"),
-    ("PC", r"pc(?:\s*cd-?rom|\s*dvd(?:-?rom)?)?|windows(?:\s*(?:xp|vista|\d+))?|computers?|laptops?|cd-?rom"),
-    ("Linux", r"linux"),
-    ("Atari", r"atari(?:\s*\d+)?"),
-)
-PLATFORMS: tuple[str, ...] = tuple(dict.fromkeys(name for name, _ in _PLATFORM_SPECS))
-
-# -- product types ---------------------------------------------------------------------------------------------
-# Head nouns: (singular, plural, regex). In a title the type is the LAST head noun before " for " / " with " /
-# " compatible" / " - " (the head of the English noun phrase), ignoring bracketed parts.
-_KIND_SPECS: tuple[tuple[str, str, str], ...] = (
-    ("screen protector", "screen protectors", r"screen\s*(?:protectors?|guards?|film)|protector\s*film"),
-    ("memory card", "memory cards", r"memory\s*(?:cards?|sticks?|units?)|(?:micro\s*)?sd\s*cards?|micro\s*sd"),
-    ("power supply", "power supplies", r"(?:ac|power)\s*(?:adapters?|adaptors?|supply|supplies|cords?|bricks?)"),
-    (
-        "charger",
-        "chargers",
-        r"chargers?|charging\s*(?:docks?|stations?|stands?|cables?|kits?|bases?|systems?)"
-        r"|charge\s*(?:stations?|kits?|docks?|bases?|systems?)|power\s*banks?",
-    ),
-    ("battery", "batteries", r"(?:rechargeable\s*)?batter(?:y|ies)(?:\s*packs?)?"),
-    ("mouse pad", "mouse pads", r"mouse\s*(?:pads?|mats?)|mousepads?"),
-    ("mouse", "mice", r"(?<!mickey )mouse|mice"),
-    ("keyboard", "keyboards", r"keyboards?|keypads?"),
-    ("headset", "headsets", r"headsets?|headphones?|earphones?|earbuds?|ear\s*buds?"),
-    ("microphone", "microphones", r"microphones?|mics?"),
-    ("steering wheel", "steering wheels", r"(?:steering|racing|speed)\s*wheels?|wheel\s*(?:attachments?|stands?)"),
-    ("guitar controller", "guitar controllers", r"(?:wireless\s*)?guitar\s*controllers?|wireless\s*guitars?"),
-    ("drum kit", "drum kits", r"drum\s*(?:kits?|sets?|controllers?)"),
-    ("dance pad", "dance pads", r"dance\s*(?:pads?|mats?)"),
-    ("light gun", "light guns", r"light\s*guns?|zapper|gun\s*(?:controllers?|attachments?)"),
-    (
-        "controller",
-        "controllers",
-        r"(?:pro\s*)?controllers?|gamepads?|game\s*pads?|joysticks?|fight\s*sticks?|arcade\s*sticks?"
-        r"|remote\s*controls?|remotes?|nunchu[c]?ks?|wiimotes?|dual\s*shock|dualshock|sixaxis",
-    ),
-    ("grip", "grips", r"(?:thumb|analog|hand|controller)\s*grips?|grips?|thumb\s*sticks?|thumbsticks?"),
-    ("adapter", "adapters", r"adapters?|adaptors?|converters?|dongles?|receivers?"),
-    ("cable", "cables", r"(?:(?:hdmi|av|a/v|component|composite|usb|link|extension|vga)\s*)?(?:cables?|cords?)|hdmi"),
-    ("hard drive", "hard drives", r"(?:external\s*)?hard\s*drives?|hdd|ssd|storage\s*(?:drives?|expansion)"),
-    ("cooling fan", "cooling fans", r"cooling\s*(?:fans?|stands?|stations?|pads?)|(?:usb\s*)?fans?"),
-    ("camera", "cameras", r"cameras?|eye\s*toy|eyetoy|kinect\s*(?:sensor|camera)|playstation\s*eye|webcams?"),
-    ("speaker", "speakers", r"speakers?|sound\s*bars?|subwoofers?"),
-    ("monitor", "monitors", r"monitors?"),
-    ("gaming chair", "gaming chairs", r"(?:gaming\s*)?chairs?"),
-    ("stylus", "styluses", r"styl(?:us|uses|i)|touch\s*pens?"),
-    ("cleaning kit", "cleaning kits", r"cleaning\s*(?:kits?|cloths?)|(?:lens\s*)?cleaners?"),
-    ("skin", "skins", r"skins?|decals?|stickers?|faceplates?"),
-    (
-        "case",
-        "cases",
-        r"(?<!jewel )(?<!dvd )(?<!steelbook )(?<!mystery )cases?|carry(?:ing)?\s*bags?|travel\s*(?:bags?|totes?)"
-        r"|bags?|totes?|pouch(?:es)?|sleeves?|(?:protective|silicone|hard|crystal|replacement)\s*(?:shells?|covers?)|housings?",
-    ),
-    ("stand", "stands", r"stands?(?![\s-]*alone)|docks?|docking\s*stations?|mounts?|holders?|racks?"),
-    ("strap", "straps", r"(?:wrist\s*)?straps?|lanyards?"),
-    ("figure", "figures", r"figures?|figurines?|amiibo|character\s*packs?|power\s*discs?"),
-    ("accessory kit", "accessory kits", r"accessor(?:y|ies)(?:\s*(?:kits?|packs?|bundles?))?|starter\s*kits?"),
-    ("console", "consoles", r"consoles?|(?:gaming|game|video\s*game|handheld)\s*systems?"),
-    (
-        "subscription",
-        "subscriptions",
-        r"subscriptions?|memberships?|xbox\s*live\s*gold|playstation\s*plus|ps\s*plus|game\s*pass",
-    ),
-    (
-        "gift card",
-        "gift cards",
-        r"gift\s*cards?|points?\s*cards?|(?:psn|eshop|live|network)\s*cards?|(?:microsoft|nintendo)\s*points"
-        r"|(?:in-game|virtual)\s*currency|currency|shark\s*cards?|v-?bucks",
-    ),
-    ("strategy guide", "strategy guides", r"(?:strategy|official|game|players?)\s*guides?|guide\s*book|prima"),
-    ("season pass", "season passes", r"season\s*pass(?:es)?"),
-    ("expansion", "expansions", r"expansion(?:\s*packs?)?|add-?ons?|dlc|downloadable\s*content|map\s*packs?"),
-    ("bundle", "bundles", r"bundles?|combo\s*packs?"),
-    (
-        "collection",
-        "collections",
-        r"collections?|trilogy|anthology|compilation|(?:\d+|two|three|four|five)\s*-?\s*in\s*-?\s*(?:1|one)",
-    ),
-)
-GAME_KIND = "video game"  # the type of a game-catalogue item whose title names no other product type
-KINDS: dict[str, str] = {singular: plural for singular, plural, _ in _KIND_SPECS} | {GAME_KIND: "video games"}
-DIGITAL = "digital download"  # a modifier type: searched in the whole title, bracketed parts included
-_DIGITAL_RE = re.compile(
-    r"\b(?:download(?:able)?(?:\s*code)?|digital\s*(?:code|download|copy|edition)|online\s*game\s*code"
-    r"|game\s*code|(?:pc|mac)\s*code|steam\s*(?:key|code)|activation\s*key)\b",
-    re.IGNORECASE,
-)
-
-# -- game genres (a small franchise / keyword lexicon) ------------------------------------------------------------
-_GENRE_SPECS: tuple[tuple[str, str], ...] = (
-    ("football", r"madden|nfl|ncaa\s*football|nfl\s*blitz"),
-    ("soccer", r"fifa|soccer|pro\s*evolution|pes\s*\d+|football\s*manager|uefa"),
-    ("basketball", r"nba|basketball|ncaa\s*march"),
-    ("hockey", r"nhl|hockey"),
-    ("baseball", r"mlb|baseball"),
-    ("golf", r"golf|pga"),
-    ("tennis", r"tennis"),
-    ("wrestling", r"wwe|wwf|smackdown|wrestl\w*|ufc|boxing|fight\s*night"),
-    ("skateboarding", r"tony\s*hawk|skate\w*|snowboard\w*"),
-    (
-        "racing",
-        r"racing|racers?|kart|rally|need\s*for\s*speed|forza|gran\s*turismo|nascar|motocross|f1|formula\s*(?:1|one)"
-        r"|burnout|mx\s*vs|motorstorm|midnight\s*club|wipeout|ridge\s*racer|dirt",
-    ),
-    (
-        "music and rhythm",
-        r"guitar\s*hero|rock\s*band|dj\s*hero|karaoke|singstar|just\s*dance|dance\s*dance|dance\s*central|rocksmith"
-        r"|band\s*hero|rhythm",
-    ),
-    (
-        "shooter",
-        r"call\s*of\s*duty|battlefield|halo|gears\s*of\s*war|counter-?strike|medal\s*of\s*honor|killzone|far\s*cry"
-        r"|borderlands|doom|quake|wolfenstein|sniper|shooter|crysis|destiny|overwatch|titanfall|rainbow\s*six"
-        r"|ghost\s*recon|unreal\s*tournament|bioshock|half-?life|time\s*crisis|house\s*of\s*the\s*dead|splatoon",
-    ),
-    (
-        "role-playing",
-        r"final\s*fantasy|dragon\s*quest|elder\s*scrolls|skyrim|oblivion|fallout|dragon\s*age|mass\s*effect"
-        r"|kingdom\s*hearts|tales\s*of|persona|shin\s*megami|diablo|baldur'?s|neverwinter|witcher|dark\s*souls"
-        r"|demon'?s\s*souls|bloodborne|pok[eé]mon|rpg|chrono|star\s*ocean|fable|xenoblade|disgaea|etrian"
-        r"|warcraft|everquest|guild\s*wars|mmo\w*|dungeons?",
-    ),
-    (
-        "strategy",
-        r"civilization|total\s*war|command\s*(?:&|and)\s*conquer|starcraft|age\s*of\s*(?:empires|mythology)"
-        r"|warhammer|xcom|company\s*of\s*heroes|sim\s*city|simcity|tycoon|stronghold|rts|strategy(?!\s*guide)"
-        r"|tactics|fire\s*emblem|advance\s*wars|heroes\s*of\s*might|crusader\s*kings|hearts\s*of\s*iron",
-    ),
-    (
-        "simulation",
-        r"the\s*sims|sims|simulator|simulation|farming|harvest\s*moon|animal\s*crossing|roller\s*coaster"
-        r"|cooking\s*mama|nintendogs|petz|zoo",
-    ),
-    (
-        "fighting",
-        r"street\s*fighter|mortal\s*kombat|tekken|soul\s*?calibur|smash\s*bros\.?|dead\s*or\s*alive"
-        r"|virtua\s*fighter|king\s*of\s*fighters|marvel\s*vs\.?|blazblue|guilty\s*gear|injustice|dragon\s*ball"
-        r"|naruto|fighters?|fighting",
-    ),
-    (
-        "horror",
-        r"resident\s*evil|silent\s*hill|dead\s*space|zombi\w*|horror|fatal\s*frame|outlast|alien\s*isolation"
-        r"|evil\s*within|five\s*nights|left\s*4\s*dead|dead\s*rising|until\s*dawn|haunt\w*",
-    ),
-    (
-        "platformer",
-        r"super\s*mario(?!\s*party)|mario\s*bros|sonic|crash\s*bandicoot|spyro|rayman|kirby|donkey\s*kong|banjo"
-        r"|ratchet|sly\s*cooper|little\s*big\s*planet|littlebigplanet|mega\s*man|megaman|yoshi'?s?|platformer"
-        r"|castlevania|metroid",
-    ),
-    (
-        "action-adventure",
-        r"zelda|grand\s*theft\s*auto|gta|assassin'?s\s*creed|uncharted|tomb\s*raider|god\s*of\s*war|batman"
-        r"|spider-?man|metal\s*gear|devil\s*may\s*cry|prince\s*of\s*persia|red\s*dead|saints\s*row|hitman"
-        r"|splinter\s*cell|ninja\s*gaiden|lego|infamous|watch\s*dogs|just\s*cause|mafia",
-    ),
-    (
-        "puzzle",
-        r"puzzle\w*|tetris|brain\s*age|professor\s*layton|portal|bejeweled|hidden\s*objects?|picross|lumines"
-        r"|mahjong\w*|sudoku|crossword|zuma|peggle|solitaire|trivia|jeopardy|wheel\s*of\s*fortune",
-    ),
-    (
-        "adventure",
-        r"adventures?|nancy\s*drew|myster(?:y|ies)|sherlock|myst|point\s*(?:and|&)\s*click|king'?s\s*quest"
-        r"|monkey\s*island|telltale|walking\s*dead",
-    ),
-    ("flight", r"flight|ace\s*combat|air\s*combat|pilot|hawx|crimson\s*skies"),
-    ("party", r"mario\s*party|party|mini-?games?|carnival"),
-    ("fitness", r"wii\s*fit|fitness|exercise|workout|yoga|zumba"),
-    ("family", r"disney|pixar|nickelodeon|spongebob|dora|barbie|cartoon|kids|children'?s?|skylanders|scooby"),
-    ("sports", r"sports?|olympics?"),
-)
-GAME_GENRES: tuple[str, ...] = tuple(name for name, _ in _GENRE_SPECS)
-
-
-def _alternation(patterns: Sequence[str]) -> re.Pattern[str]:
-    """One regex `\\b(?:(?P<g0>p0)|(?P<g1>p1)|...)\\b`; `match.lastgroup` tells which alternative matched."""
-    body = "|".join(f"(?P<g{i}>{p})" for i, p in enumerate(patterns))
-    return re.compile(rf"(?<![\w'])(?:{body})(?![\w'])", re.IGNORECASE)
-
-
-_PLATFORM_RE = _alternation([p for _, p in _PLATFORM_SPECS])
-_KIND_RE = _alternation([p for _, _, p in _KIND_SPECS])
-_GENRE_RE = _alternation([p for _, p in _GENRE_SPECS])
-
-# -- keyword extraction ----------------------------------------------------------------------------------------
+# -- title words (every catalogue) -------------------------------------------------------------------------------
 _STOPWORDS = frozenset(
     """a an the of and or for with without in on at to from by into onto over vs versus v is are be it its it's my
     your our their his her you me we us they i not no all any some this that these those as up out off
@@ -316,18 +101,6 @@ def title_leaks(query: str, title: str) -> bool:
     return len(title_words(title)) > 3 and title.strip().casefold() in query.casefold()
 
 
-def _ordered_matches(pattern: re.Pattern[str], text: str, names: Sequence[str]) -> list[tuple[int, str]]:
-    """(position, name) for every non-overlapping match, in text order."""
-    return [(m.start(), names[int(str(m.lastgroup)[1:])]) for m in pattern.finditer(text)]
-
-
-def detect_platforms(title: str, limit: int = 2) -> list[str]:
-    """Canonical platform names mentioned in a title, in order of first mention, at most `limit`."""
-    names = [name for name, _ in _PLATFORM_SPECS]
-    found = dict.fromkeys(name for _, name in _ordered_matches(_PLATFORM_RE, title, names))
-    return list(found)[:limit]
-
-
 def _head_part(title: str) -> str:
     """The title's leading noun phrase: bracketed parts removed, cut at " for " / " with " / " - " / ", "."""
     stripped = _BRACKETS.sub(" ", title)
@@ -335,38 +108,117 @@ def _head_part(title: str) -> str:
     return head or stripped.strip()
 
 
-def detect_kind(title: str) -> str | None:
-    """The product type (head noun, e.g. "controller") of a title, or None for a plain game."""
-    names = [singular for singular, _, _ in _KIND_SPECS]
-    matches = _ordered_matches(_KIND_RE, _head_part(title), names)
-    return matches[-1][1] if matches else None
+# -- catalogue lexicons ------------------------------------------------------------------------------------------
+_LEXICON_DIR = resources.files(__package__) / "lexicons"
+_LEXICON_KEYS = frozenset({"nouns", "platforms", "kinds", "default_kind", "digital", "genres"})
 
 
-def is_digital(title: str) -> bool:
-    """True for download / online-code products ("[Online Game Code]", "[Download]", "Digital Code")."""
-    return _DIGITAL_RE.search(title) is not None
+def _alternation(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex `(?:(?P<g0>p0)|(?P<g1>p1)|...)` matched as whole words; `match.lastgroup` tells which
+    alternative matched. None for no patterns (an empty alternation would match everywhere)."""
+    if not patterns:
+        return None
+    body = "|".join(f"(?P<g{i}>{p})" for i, p in enumerate(patterns))
+    return re.compile(rf"(?<![\w'])(?:{body})(?![\w'])", re.IGNORECASE)
 
 
-def game_genres(title: str, limit: int = 2) -> list[str]:
-    """Up to `limit` game genres suggested by franchise names and keywords in the title (may be empty)."""
-    names = [name for name, _ in _GENRE_SPECS]
-    found = dict.fromkeys(name for _, name in _ordered_matches(_GENRE_RE, _BRACKETS.sub(" ", title), names))
-    return list(found)[:limit]
+def _ordered_matches(pattern: re.Pattern[str] | None, text: str, names: Sequence[str]) -> list[tuple[int, str]]:
+    """(position, name) for every non-overlapping match, in text order."""
+    if pattern is None:
+        return []
+    return [(m.start(), names[int(str(m.lastgroup)[1:])]) for m in pattern.finditer(text)]
 
 
-def title_keywords(title: str, limit: int = 3, games: bool = True, accessory: bool = False) -> list[str]:
+class Lexicon:
+    """A catalogue's item-aspect lexicon, read from `lexicons/<catalogue>.yaml`: what its items are called
+    (`nouns`) and, where its titles name them (games), the platforms, product types (`kinds`, singular -> plural,
+    `default_kind` included), the digital-download modifier and the genres. Each is a list of regex alternatives
+    in the file; an absent section detects nothing."""
+
+    def __init__(self, catalogue: str, spec: dict):
+        if "nouns" not in spec or set(spec) - _LEXICON_KEYS:
+            raise ValueError(
+                f"lexicons/{catalogue}.yaml has sections {sorted(spec)}; it needs 'nouns' and may only have "
+                f"{sorted(_LEXICON_KEYS)}"
+            )
+        platforms: dict[str, list[str]] = spec.get("platforms", {})
+        kinds: dict[str, dict] = spec.get("kinds", {})
+        default = spec.get("default_kind")
+        digital = spec.get("digital")
+        genres: dict[str, list[str]] = spec.get("genres", {})
+        self.catalogue = catalogue
+        self.nouns: tuple[str, ...] = tuple(spec["nouns"])
+        self.platforms: tuple[str, ...] = tuple(platforms)  # canonical names; at one position the first wins
+        self.default_kind: str | None = default["singular"] if default else None  # when the title names no kind
+        self.kinds: dict[str, str] = {singular: kind["plural"] for singular, kind in kinds.items()}
+        if default:
+            self.kinds[default["singular"]] = default["plural"]
+        self.digital: str | None = digital["name"] if digital else None
+        self.genres: tuple[str, ...] = tuple(genres)
+        self._platform_re = _alternation(["|".join(p) for p in platforms.values()])
+        self._kind_names = list(kinds)
+        self._kind_re = _alternation(["|".join(kind["match"]) for kind in kinds.values()])
+        self._genre_re = _alternation(["|".join(p) for p in genres.values()])
+        self._digital_re = re.compile(rf"\b(?:{'|'.join(digital['match'])})\b", re.IGNORECASE) if digital else None
+
+    def detect_platforms(self, title: str, limit: int = 2) -> list[str]:
+        """Canonical platform names mentioned in a title, in order of first mention, at most `limit`."""
+        found = dict.fromkeys(name for _, name in _ordered_matches(self._platform_re, title, self.platforms))
+        return list(found)[:limit]
+
+    def detect_kind(self, title: str) -> str | None:
+        """The product type (head noun, e.g. "controller") of a title: the LAST one in its leading noun phrase
+        (`_head_part`); None when it names none (a plain game)."""
+        matches = _ordered_matches(self._kind_re, _head_part(title), self._kind_names)
+        return matches[-1][1] if matches else None
+
+    def is_digital(self, title: str) -> bool:
+        """True for download / online-code products ("[Online Game Code]", "[Download]", "Digital Code"),
+        searched in the whole title, bracketed parts included."""
+        return self._digital_re is not None and self._digital_re.search(title) is not None
+
+    def detect_genres(self, title: str, limit: int = 2) -> list[str]:
+        """Up to `limit` genres suggested by franchise names and keywords in the title (may be empty)."""
+        matches = _ordered_matches(self._genre_re, _BRACKETS.sub(" ", title), self.genres)
+        return list(dict.fromkeys(name for _, name in matches))[:limit]
+
+    def strip_names(self, text: str) -> str:
+        """The text with its platform and product-type mentions blanked out (they are no content keywords)."""
+        for pattern in (self._platform_re, self._kind_re):
+            if pattern is not None:
+                text = pattern.sub(" ", text)
+        return text
+
+
+@functools.cache
+def catalogues() -> tuple[str, ...]:
+    """The catalogues a dataset may name (`DatasetConfig.catalogue`): one per lexicon file shipped in
+    deeprec_env/trm/lexicons/."""
+    return tuple(sorted(f.name.removesuffix(".yaml") for f in _LEXICON_DIR.iterdir() if f.name.endswith(".yaml")))
+
+
+@functools.cache
+def catalogue_lexicon(catalogue: str) -> Lexicon:
+    """The lexicon of one catalogue, read once per process."""
+    if catalogue not in catalogues():
+        raise ValueError(
+            f"unknown catalogue {catalogue!r}; use one of {list(catalogues())} (or add lexicons/{catalogue}.yaml)"
+        )
+    spec = yaml.safe_load((_LEXICON_DIR / f"{catalogue}.yaml").read_text(encoding="utf-8")) or {}
+    return Lexicon(catalogue, spec)
+
+
+# -- keyword extraction ----------------------------------------------------------------------------------------
+def title_keywords(title: str, lexicon: Lexicon, limit: int = 3, accessory: bool = False) -> list[str]:
     """Up to `limit` content words of the title (1 when its main part has <= 3 words), in title order.
 
-    Only the main part is mined (`main_title`: bracketed parts and everything after " - " dropped); platform and
-    product-type
-    mentions (for games), stopwords, tokens with digits, roman numerals and edition boilerplate are skipped, and
-    colour words for accessories."""
+    Only the main part is mined (`main_title`: bracketed parts and everything after " - " dropped); the lexicon's
+    platform and product-type mentions, stopwords, tokens with digits, roman numerals and edition boilerplate are
+    skipped, and colour words for accessories."""
     main = main_title(title)
     if len(title_words(main)) <= 3:
         limit = min(limit, 1)
-    if games:
-        main = _PLATFORM_RE.sub(" ", main)
-        main = _KIND_RE.sub(" ", main)
+    main = lexicon.strip_names(main)
     words: list[str] = []
     seen: set[str] = set()
     for raw in _TOKEN.findall(main):
@@ -393,35 +245,24 @@ def title_keywords(title: str, limit: int = 3, games: bool = True, accessory: bo
 # -- per-dataset context -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Context:
-    nouns: tuple[str, ...]
-    games: bool
+    lexicon: Lexicon
     recent_from: int | None  # items from this year on are "recent"
 
 
 _CONTEXTS: dict[int, tuple[weakref.ref, _Context]] = {}
 
 
-def dataset_nouns(name: str) -> tuple[str, ...]:
-    """What the catalogue's items are called: ("movies", "films"), ("games",) or ("titles", "items")."""
-    low = name.lower()
-    if "game" in low:
-        return ("games",)
-    if low.startswith("ml") or "movie" in low or "lens" in low or "film" in low:
-        return ("movies", "films")
-    return ("titles", "items")
-
-
 def _context(dataset: RecDataset) -> _Context:
+    """The dataset's lexicon and "recent" threshold, computed once per dataset object (and catalogue)."""
     key = id(dataset)
     entry = _CONTEXTS.get(key)
-    if entry is not None and entry[0]() is dataset:
+    if entry is not None and entry[0]() is dataset and entry[1].lexicon.catalogue == dataset.catalogue:
         return entry[1]
     years = np.array([m.year for m in dataset.items[1:] if m.year is not None], dtype=np.int64)
     recent_from = None
     if len(years) and years.max() - years.min() >= 5:
         recent_from = int(max(years.max() - 1, np.quantile(years, 0.9)))
-    nouns = dataset_nouns(dataset.name)
-    ctx = _Context(nouns=nouns, games=nouns == ("games",), recent_from=recent_from)
+    ctx = _Context(lexicon=catalogue_lexicon(dataset.catalogue), recent_from=recent_from)
     for stale in [k for k, (ref, _) in _CONTEXTS.items() if ref() is None]:
         del _CONTEXTS[stale]
     _CONTEXTS[key] = (weakref.ref(dataset), ctx)
@@ -439,12 +280,13 @@ def _real_categories(categories: Sequence[str]) -> list[str]:
 
 
 def item_aspects(dataset: RecDataset, item: int) -> list[str]:
-    """Descriptive phrases for an item (era, categories, or title-derived game aspects); never empty for ids >= 1.
+    """Descriptive phrases for an item (era, categories, or title-derived aspects); never empty for ids >= 1.
 
     See the module docstring for the order and the title-leak rule."""
     if not 1 <= item <= dataset.n_items:
         raise ValueError(f"item id must be in 1..{dataset.n_items}, got {item}")
     ctx = _context(dataset)
+    lex = ctx.lexicon
     meta = dataset.items[item]
     aspects: list[str] = []
     if meta.year is not None:
@@ -458,18 +300,17 @@ def item_aspects(dataset: RecDataset, item: int) -> list[str]:
     if not categories:
         title = meta.title
         taken = {a.lower() for a in aspects}
-        if ctx.games:
-            genres = game_genres(title)
-            aspects.extend(g for g in genres if g not in taken)
-            taken.update(genres)
-        kind = detect_kind(title) if ctx.games else None
-        keywords = title_keywords(title, games=ctx.games, accessory=kind is not None)
+        genres = lex.detect_genres(title)
+        aspects.extend(g for g in genres if g not in taken)
+        taken.update(genres)
+        kind = lex.detect_kind(title)
+        keywords = title_keywords(title, lex, accessory=kind is not None)
         aspects.extend(w for w in keywords if w.lower() not in taken)
-        if ctx.games:
-            if is_digital(title):
-                aspects.append(DIGITAL)
-            aspects.append(kind or GAME_KIND)
-            aspects.extend(detect_platforms(title))
+        if lex.is_digital(title):
+            aspects.append(str(lex.digital))
+        if kind or lex.default_kind:
+            aspects.append(kind or str(lex.default_kind))
+        aspects.extend(lex.detect_platforms(title))
     if not aspects:
         words = [_clean_token(t) for t in _TOKEN.findall(meta.title)]
         words = [w for w in words if w]
@@ -489,16 +330,22 @@ _NP_TEMPLATES = (
 )
 TEMPLATE_WORDS = frozenset(
     "i'm in the mood for looking recommend me some any good show please something and more ideally i've been "
-    "enjoying lately on for or games video movies films titles items".split()
-)  # the words templates and nouns add to a query
+    "enjoying lately on for or".split()
+)  # the words templates add to a query (besides the nouns)
 
 
-def phrase_query(aspects: Sequence[str], rng: np.random.Generator, noun: str | Sequence[str] = "titles") -> str:
+def phrase_query(
+    aspects: Sequence[str],
+    rng: np.random.Generator,
+    noun: str | Sequence[str] = "titles",
+    lexicon: Lexicon | None = None,
+) -> str:
     """One natural query from a random subset (1..3, kept in the given order) of the aspects.
 
-    Platform names (`PLATFORMS`) become "on X" / "for X"; a product type (`KINDS`) replaces the noun ("chargers
-    for Nintendo 3DS"); `noun` (or a random one of several) names the items otherwise. One of ~12 templates,
-    including the tag style "a; b". Empty aspects give a noun-only request."""
+    The lexicon's platform names (`Lexicon.platforms`) become "on X" / "for X"; a product type (`Lexicon.kinds`)
+    replaces the noun ("chargers for Nintendo 3DS"); `noun` (or a random one of several) names the items
+    otherwise. Without a lexicon every aspect is a descriptor. One of ~12 templates, including the tag style
+    "a; b". Empty aspects give a noun-only request."""
     nouns = [noun] if isinstance(noun, str) else list(noun) or ["titles"]
     aspects = [a.strip() for a in aspects if a and a.strip()]
     u = rng.random(4 + len(aspects)).tolist()  # one draw per call: numpy's per-call overhead dominates here
@@ -512,11 +359,13 @@ def phrase_query(aspects: Sequence[str], rng: np.random.Generator, noun: str | S
     k = 1 + min(int(u[1] * min(3, len(aspects))), min(3, len(aspects)) - 1)
     keep = sorted(sorted(range(len(aspects)), key=lambda i: u[4 + i])[:k])
     chosen = [aspects[i] for i in keep]
-    platforms = [a for a in chosen if a in PLATFORMS]
-    heads = [a for a in chosen if a in KINDS]
-    descs = [a for a in chosen if a not in PLATFORMS and a not in KINDS]
+    known_platforms = lexicon.platforms if lexicon is not None else ()
+    kinds = lexicon.kinds if lexicon is not None else {}
+    platforms = [a for a in chosen if a in known_platforms]
+    heads = [a for a in chosen if a in kinds]
+    descs = [a for a in chosen if a not in known_platforms and a not in kinds]
     if heads:
-        noun_word = KINDS[heads[-1]]
+        noun_word = kinds[heads[-1]]
         descs.extend(heads[:-1])
     prep = "for" if heads or u[2] < 0.5 else "on"
     on = f" {prep} {' or '.join(platforms)}" if platforms else ""
@@ -552,14 +401,15 @@ def query_phrasings(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     aspects = item_aspects(dataset, item)
-    heads = [a for a in aspects if a in KINDS and a != GAME_KIND]
-    nouns = noun if noun is not None else (KINDS[heads[-1]],) if heads else _context(dataset).nouns
+    lex = _context(dataset).lexicon
+    heads = [a for a in aspects if a in lex.kinds and a != lex.default_kind]
+    nouns = noun if noun is not None else (lex.kinds[heads[-1]],) if heads else lex.nouns
     title = dataset.items[item].title
     rng = _rng(seed, item)
     found: list[str] = []
     drawn: list[str] = []
     for _ in range(max(6 * n, 8) if n else 0):
-        query = phrase_query(aspects, rng, nouns)
+        query = phrase_query(aspects, rng, nouns, lex)
         if title_leaks(query, title):
             continue
         drawn.append(query)
@@ -568,9 +418,9 @@ def query_phrasings(
             if len(found) == n:
                 return found
     if not drawn:  # every draw leaked (practically impossible): drop the keywords
-        safe = [a for a in aspects if a.lower() not in {w.lower() for w in title_keywords(title)}]
-        drawn = [phrase_query(safe, rng, nouns) for _ in range(n)]
-        drawn = [q for q in drawn if not title_leaks(q, title)] or [phrase_query([], rng, nouns)]
+        safe = [a for a in aspects if a.lower() not in {w.lower() for w in title_keywords(title, lex)}]
+        drawn = [phrase_query(safe, rng, nouns, lex) for _ in range(n)]
+        drawn = [q for q in drawn if not title_leaks(q, title)] or [phrase_query([], rng, nouns, lex)]
     while len(found) < n:
         found.append(drawn[len(found) % len(drawn)])
     return found

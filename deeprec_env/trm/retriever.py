@@ -240,8 +240,9 @@ class _RetrieverActor:
         max_batch: int | None,
         torch_threads: int | None,
     ):
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        from deeprec_env.runtime import configure_threads
+
+        configure_threads(torch_threads)
         config = model_config if isinstance(model_config, ModelConfig) else ModelConfig(**model_config)
         # Copy: arrays from Ray's object store are read-only and the model keeps item_text as a buffer.
         text = None if item_text is None else torch.from_numpy(np.array(item_text, dtype=np.float32))
@@ -293,7 +294,7 @@ class RayRetriever:
     ) -> RayRetriever:
         """Start the actor (named if `name`), wait until the model is built, and return an owning handle.
         `encoder_factory` is pickled and called inside the actor (None only for a model without query fusion);
-        `torch_threads` sets torch's intra-op threads there (default: Ray's, normally `num_cpus`)."""
+        `torch_threads` sets torch's threads there (`deeprec_env.runtime.configure_threads`: None is automatic)."""
         ray = _ray()
         options: dict[str, Any] = {"num_cpus": num_cpus}
         if name is not None:

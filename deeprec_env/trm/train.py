@@ -11,7 +11,8 @@ positions instead gets a random catalogue item as target together with that item
 without these counterfactual pairs every query agrees with the history and the model never learns to follow a
 query that leads away from it. Validation (empty query, a fixed user
 sample) runs every `eval_every` optimizer steps; training stops after `patience` validations without
-improvement and keeps the best weights.
+improvement and keeps the best weights. A stop signal or a kill never leaves a half-trained model in the cache:
+`load_or_train` resumes such a run from the state saved at its last validation (or at the signal).
 
 Backbone initialisation (`backbone`, the TRM's default: the trained SASRec). The shared layers (item id and
 position embeddings, transformer blocks, final norm, item bias) start from the backbone's trained weights and the
@@ -27,20 +28,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import logging
+import os
+import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from deeprec_env import runtime
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import evaluate_scorer
@@ -61,21 +65,29 @@ class TrainConfig:
     eval_every: int = 100  # optimizer steps between validations
     patience: int = 10  # validations without improvement of NDCG@10 before stopping
     valid_users: int | None = 3000  # fixed validation sample for early stopping (None = all)
-    query_dropout: float = 0.3  # preference-aware training only: share of targets trained with the empty query
+    query_dropout: float = 0.0  # preference-aware training only: share of targets trained with the empty query
     query_variants: int = 4  # phrasings per item in the query bank
-    query_swap: float = 0.1  # preference-aware training only: share of counterfactual (random target, its query)
+    query_swap: float = 0.0  # preference-aware training only: share of counterfactual (random target, its query)
     sequence_loss: float = 0.0  # preference-aware training only: weight of an extra empty-query loss on every target
     seed: int = 0
 
 
 @dataclass
 class TRMConfig:
-    """A trained recommender: architecture plus training recipe (Hydra group `trm`)."""
+    """A trained recommender: architecture plus training recipe (Hydra group `trm`). The defaults are SASRec's."""
 
     name: str = "sasrec"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    backbone: TRMConfig | None = None  # a trained model whose shared layers initialise this one (see below)
+    # A trained model whose shared layers initialise this one (see below): a TRMConfig or its mapping (the `trm`
+    # preset points it at the config's `sasrec` node, an interpolation that only a typed-as-Any field can hold).
+    backbone: Any = None
+
+    def __post_init__(self) -> None:
+        if self.backbone is not None and not isinstance(self.backbone, TRMConfig):
+            from omegaconf import OmegaConf
+
+            self.backbone = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TRMConfig), self.backbone))
 
 
 def training_windows(dataset: RecDataset, max_len: int) -> np.ndarray:
@@ -119,21 +131,41 @@ def initialise_from_backbone(model: SequentialRecommender, backbone: SequentialR
             model.query_projection[-1].bias.zero_()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+@dataclass
+class LoopState:
+    """Everything the batch loop carries from one optimizer step to the next. Saved together with the model, the
+    optimizer and both random generators, it continues an interrupted run exactly where it stopped."""
+
+    order: torch.Tensor  # this epoch's permutation of the training windows
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # windows of `order` already trained on
+    best_score: float = -1.0
+    best_state: dict | None = None  # model weights at the best validation
+    stale: int = 0  # validations since the best one
+    losses: list[float] = field(default_factory=list)  # since the last validation
+    evaluations: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # training time spent before this process took over
+    stop_reason: str | None = None  # set once training is over
+    resumed_from_steps: list[int] = field(default_factory=list)
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (`kill PID`) stops training like Ctrl-C: background jobs ignore SIGINT, so this is how they stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+def _stop_signals():
+    """Turn SIGINT (Ctrl-C) and SIGTERM (`kill PID`: background jobs ignore SIGINT) into a request that the
+    training loop honours between optimizer steps, so that a stop always leaves a consistent state to save.
+    Yields the request (an Event); handlers are only set in the main thread and restored on exit."""
+    requested = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                previous[signum] = signal.signal(signum, lambda *_: requested.set())
     try:
-        yield
+        yield requested
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def train_model(
@@ -143,10 +175,17 @@ def train_model(
     query_bank: torch.Tensor | None = None,
     progress: bool = True,
     initial: SequentialRecommender | None = None,
+    resume: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
 ) -> tuple[SequentialRecommender, dict]:
     """Train on the training sequences and keep the weights with the best validation NDCG@10, starting from the
     trained `initial` backbone's shared layers if given. Returns the model (eval mode) and a training log with
-    loss and validation NDCG@10 at every validation."""
+    loss and validation NDCG@10 at every validation.
+
+    `save_state(state)` receives the resumable training state after every validation and when a stop signal
+    (SIGINT, SIGTERM) arrives; after a signal, the current optimizer step completes, the state is saved and
+    KeyboardInterrupt is raised. Passing that state back as `resume` continues the run with the same result as
+    an uninterrupted one."""
     train = config.train
     torch.manual_seed(train.seed)
     gen = torch.Generator().manual_seed(train.seed)
@@ -161,84 +200,108 @@ def train_model(
     valid_users = dataset.eval_users("valid")
     if train.valid_users and len(valid_users) > train.valid_users:
         valid_users = np.sort(rng.choice(valid_users, train.valid_users, replace=False))
+    if resume is None:
+        loop = LoopState(order=torch.randperm(len(windows), generator=gen))
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        gen.set_state(resume["data_rng"])
+        loop = LoopState(**resume["loop"])
+        loop.resumed_from_steps.append(loop.step)
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return loop.seconds + time.perf_counter() - started
+
+    def snapshot() -> dict:
+        return {
+            "loop": {f.name: getattr(loop, f.name) for f in fields(loop)} | {"seconds": elapsed()},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_rng": gen.get_state(),
+        }
 
     def validate() -> float:
         result = evaluate_scorer(InProcessRetriever(model).scores, dataset, valid_users, "valid", list_k=1)
         model.train()
         return float(result.per_user()["ndcg@10"].mean())
 
-    def batches():
-        for epoch in itertools.count():  # the training loop stops at max_steps or by early stopping
-            order = torch.randperm(len(windows), generator=gen)
-            for start in range(0, len(windows), train.batch_size):
-                yield epoch, windows[order[start : start + train.batch_size]]
-
-    log_ = {"evaluations": [], "n_windows": len(windows), "n_valid_users": len(valid_users)}
-    best_score, best_state, stale, losses, started = -1.0, None, 0, [], time.perf_counter()
-    bar = tqdm(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
     model.train()
-    stop_reason = "max_steps"
-    with _sigterm_interrupts():
-        try:
-            for step, (epoch, batch) in enumerate(batches(), start=1):
-                inputs, targets = batch[:, :-1], batch[:, 1:]
-                real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
-                items = model.item_vectors()
-                states, targets = model.sequence_states(inputs, items)[real], targets[real]
-                loss = 0.0
-                if config.model.fuse_query:
-                    if train.sequence_loss:
-                        empty = model.fuse(states, None)
-                        loss = train.sequence_loss * F.cross_entropy(model.logits(empty, items), targets)
-                    targets, queries = _queries_for(targets, query_bank, train, gen)
-                    states = model.fuse(states, queries)
-                loss = loss + F.cross_entropy(model.logits(states, items), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                bar.update()
-                if step % train.eval_every and step < train.max_steps:
-                    continue
-                score = validate()
-                log_["evaluations"].append(
-                    {"step": step, "epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score}
+    bar = runtime.progress(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
+    with _stop_signals() as stop, bar:
+        bar.update(loop.step)
+        while loop.stop_reason is None:  # set at max_steps or by early stopping
+            if loop.position >= len(loop.order):  # next epoch, in a new order
+                loop.epoch, loop.position = loop.epoch + 1, 0
+                loop.order = torch.randperm(len(windows), generator=gen)
+            batch = windows[loop.order[loop.position : loop.position + train.batch_size]]
+            loop.position += len(batch)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            real = (inputs > 0) & (targets > 0)  # real transitions only: most of a short window is padding
+            items = model.item_vectors()
+            states, targets = model.sequence_states(inputs, items)[real], targets[real]
+            loss = 0.0
+            if config.model.fuse_query:
+                if train.sequence_loss:
+                    empty = model.fuse(states, None)
+                    loss = train.sequence_loss * F.cross_entropy(model.logits(empty, items), targets)
+                targets, queries = _queries_for(targets, query_bank, train, gen)
+                states = model.fuse(states, queries)
+            loss = loss + F.cross_entropy(model.logits(states, items), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loop.step += 1
+            loop.losses.append(loss.item())
+            bar.update()
+            validated = loop.step % train.eval_every == 0 or loop.step >= train.max_steps
+            if validated:
+                score, mean_loss = validate(), float(np.mean(loop.losses))
+                loop.evaluations.append(
+                    {"step": loop.step, "epoch": loop.epoch, "loss": mean_loss, "valid_ndcg@10": score}
                 )
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", valid_ndcg10=f"{score:.4f}")
-                losses = []
-                if score > best_score:
-                    best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+                bar.set_postfix(epoch=loop.epoch, loss=f"{mean_loss:.3f}", valid_ndcg10=f"{score:.4f}")
+                loop.losses = []
+                if score > loop.best_score:
+                    loop.best_score, loop.best_state, loop.stale = score, copy.deepcopy(model.state_dict()), 0
                 else:
-                    stale += 1
-                if stale >= train.patience:
-                    stop_reason = "patience"
-                    break
-                if step >= train.max_steps:
-                    break
-        except KeyboardInterrupt:  # Ctrl-C ends training early but keeps the best weights validated so far
-            if best_state is None:
-                raise
-            stop_reason = "interrupted"
-            log.warning("training interrupted at step %d: keeping the best validated weights", step)
-    bar.close()
-    model.load_state_dict(best_state)
+                    loop.stale += 1
+                if loop.stale >= train.patience:
+                    loop.stop_reason = "patience"
+                elif loop.step >= train.max_steps:
+                    loop.stop_reason = "max_steps"
+                if save_state is not None:
+                    save_state(snapshot())
+            if stop.is_set():
+                if save_state is not None and not validated:
+                    save_state(snapshot())
+                saved = "; its state is saved to resume from" if save_state is not None else ""
+                log.warning("training %s stopped by a signal after step %d%s", config.name, loop.step, saved)
+                raise KeyboardInterrupt
+    model.load_state_dict(loop.best_state)
     model.eval()
-    best = max(log_["evaluations"], key=lambda e: e["valid_ndcg@10"])
-    log_.update(
-        best_valid_ndcg10=best_score,
-        best_step=best["step"],
-        best_epoch=best["epoch"],
-        steps=step,
-        stop_reason=stop_reason,
-        train_seconds=time.perf_counter() - started,
-    )
+    best = max(loop.evaluations, key=lambda e: e["valid_ndcg@10"])
+    log_ = {
+        "evaluations": loop.evaluations,
+        "n_windows": len(windows),
+        "n_valid_users": len(valid_users),
+        "best_valid_ndcg10": loop.best_score,
+        "best_step": best["step"],
+        "best_epoch": best["epoch"],
+        "steps": loop.step,
+        "stop_reason": loop.stop_reason,
+        "train_seconds": elapsed(),
+        "resumed_from_steps": loop.resumed_from_steps,
+    }
     log.info(
         "trained %s: best valid NDCG@10 %.4f at step %d (epoch %d) of %d (%.0fs)",
         config.name,
-        best_score,
+        loop.best_score,
         best["step"],
         best["epoch"],
-        step,
+        loop.step,
         log_["train_seconds"],
     )
     return model, log_
@@ -248,7 +311,7 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
     """(n_items + 1, n_variants, dim) encoded query phrasings of every item's metadata (row 0: empty queries)."""
     from deeprec_env.trm.queries import query_bank_texts
 
-    directory = cache_root / f"query-bank-{encoder.name}-{n_variants}v-seed{seed}"
+    directory = cache_root / f"query-bank-{encoder.name}-{dataset.catalogue}-{n_variants}v-seed{seed}"
 
     def build(tmp: Path) -> None:
         texts = query_bank_texts(dataset, n_variants, seed)
@@ -259,10 +322,14 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
     return np.load(directory / "embeddings.npy")
 
 
-def _checkpoint_key(config: TRMConfig, encoder=None) -> dict:
-    """What determines a trained model: the whole config (its backbone's included) and, for text models, the
-    encoder."""
+def _checkpoint_key(config: TRMConfig, encoder=None, catalogue: str | None = None) -> dict:
+    """What determines a trained model: the whole config (its backbone's included), for text models the encoder
+    and, for preference-aware ones, the dataset's catalogue (its lexicon phrases the training queries)."""
     key = asdict(config) | ({"encoder": encoder.name} if config.model.uses_text else {})
+    if config.model.fuse_query:
+        if catalogue is None:
+            raise ValueError(f"trm {config.name!r} fuses queries: pass catalogue=dataset.catalogue")
+        key["catalogue"] = catalogue
     # fields added after checkpoints existed leave the key as it was while at their neutral value
     if config.backbone is None:
         del key["backbone"]
@@ -271,9 +338,9 @@ def _checkpoint_key(config: TRMConfig, encoder=None) -> dict:
     return key
 
 
-def checkpoint_dir(config: TRMConfig, cache_root: Path, encoder=None) -> Path:
-    """Where the trained model of this config lives."""
-    return cache_root / f"trm-{config.name}-{config_hash(_checkpoint_key(config, encoder))}"
+def checkpoint_dir(config: TRMConfig, cache_root: Path, encoder=None, catalogue: str | None = None) -> Path:
+    """Where the trained model of this config lives (`catalogue`: the dataset's, needed for query fusion)."""
+    return cache_root / f"trm-{config.name}-{config_hash(_checkpoint_key(config, encoder, catalogue))}"
 
 
 def text_inputs(
@@ -295,6 +362,33 @@ def text_inputs(
     return item_text, query_bank
 
 
+def partial_state_path(directory: Path) -> Path:
+    """Where the resumable state of an unfinished training of the `directory` entry lives: beside the entry, never
+    inside it, so an interrupted run leaves no entry that looks complete."""
+    return directory.with_name(f"{directory.name}.partial") / "state.pt"
+
+
+def _resumable_state(path: Path, key: str, name: str) -> dict | None:
+    """The saved state at `path` if it was saved for the config `key`; one saved for another config is deleted."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state["key"] != key:
+        log.warning("discarding the partial %s training state at %s: it was saved for another config", name, path)
+        shutil.rmtree(path.parent)
+        return None
+    log.info("resuming %s training from step %d (interrupted earlier)", name, state["loop"]["step"])
+    return state
+
+
+def _save_state(path: Path, key: str, state: dict) -> None:
+    """Write atomically: a kill while saving leaves the previous state intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(state | {"key": key}, tmp)
+    os.replace(tmp, path)
+
+
 def load_or_train(
     dataset: RecDataset, config: TRMConfig, cache_root: Path, encoder=None, progress: bool = True
 ) -> tuple[SequentialRecommender, dict]:
@@ -302,21 +396,34 @@ def load_or_train(
 
     Text fusion needs `encoder` (a `deeprec_env.text.TextEncoder`): item text embeddings and, for training a
     preference-aware model, the query bank are computed with it (and cached). A `backbone` is loaded (or trained)
-    first."""
+    first. Training saves a resumable state at every validation and on a stop signal (`partial_state_path`); the
+    next call continues from it, and it is deleted once the model is cached."""
     item_text, _ = text_inputs(dataset, config, cache_root, encoder, for_training=False)
-    directory = checkpoint_dir(config, cache_root, encoder)
+    directory = checkpoint_dir(config, cache_root, encoder, dataset.catalogue)
+    state_path = partial_state_path(directory)
+    key = json.dumps(_checkpoint_key(config, encoder, dataset.catalogue), sort_keys=True)
 
     def build(tmp: Path) -> None:
         _, query_bank = text_inputs(dataset, config, cache_root, encoder, for_training=True)
         initial = None
         if config.backbone is not None:
             initial, _ = load_or_train(dataset, config.backbone, cache_root, encoder, progress)
-        model, train_log = train_model(dataset, config, item_text, query_bank, progress, initial)
+        model, train_log = train_model(
+            dataset,
+            config,
+            item_text,
+            query_bank,
+            progress,
+            initial,
+            resume=_resumable_state(state_path, key, config.name),
+            save_state=lambda state: _save_state(state_path, key, state),
+        )
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
-        (tmp / "config.json").write_text(json.dumps(_checkpoint_key(config, encoder), indent=1))
+        (tmp / "config.json").write_text(json.dumps(_checkpoint_key(config, encoder, dataset.catalogue), indent=1))
 
     cached(directory, build, f"{config.name} model")
+    shutil.rmtree(state_path.parent, ignore_errors=True)
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
     model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
     model.eval()

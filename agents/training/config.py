@@ -1,0 +1,138 @@
+"""The two-phase trainer's recipe: one dataclass per phase, their defaults the recipe `experiments.train` runs.
+
+Fields named like a TRL argument (`learning_rate`, `num_train_epochs`, `per_device_train_batch_size`, `beta`, ...)
+are passed to TRL's `SFTConfig` / `GRPOConfig` under that name; `extra_args` passes any other TRL argument through
+unchanged (e.g. `+trainer.stage2.extra_args.top_p=0.9`). The other fields are the trainer's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PHASES = ("warm_start", "stage1", "stage2", "evaluate")
+
+
+@dataclass
+class WarmStartConfig:
+    """Warm start: the teacher's episodes on train users, then supervised fine-tuning (TRL's SFTTrainer)."""
+
+    teacher: str = "scripted"  # a text agent (agents.baselines.TEXT_AGENTS)
+    users: int = 1000  # train-split users (seeded sample) whose teacher episodes form the SFT set
+    eval_every: int = 200  # optimizer steps between validation rollouts; 0: only at the end
+    num_train_epochs: float = 6.0
+    learning_rate: float = 3e-3
+    per_device_train_batch_size: int = 4  # small batches, more updates: a CPU step costs by the token
+    max_length: int = 4096  # tokens per example; longer ones are truncated
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 10
+    save_steps: int = 200
+    logging_steps: int = 5
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def trl_args(self) -> dict[str, Any]:
+        """The SFTConfig arguments of this phase."""
+        names = (
+            "num_train_epochs",
+            "learning_rate",
+            "per_device_train_batch_size",
+            "max_length",
+            "lr_scheduler_type",
+            "warmup_steps",
+            "save_steps",
+            "logging_steps",
+        )
+        return {name: getattr(self, name) for name in names} | dict(self.extra_args)
+
+
+@dataclass
+class GRPOStageConfig:
+    """One GRPO stage (TRL's GRPOTrainer). The defaults are stage 2's recipe; `stage1` overrides some."""
+
+    reward: str | None = None  # a configs/reward preset; None: the root `reward` config
+    users: int = 400  # train-split users to draw prompts from (seeded)
+    difficulty_filter: bool = True  # keep users whose target the TRM (empty query) ranks in its top `difficulty_top`
+    difficulty_top: int = 100
+    eval_every: int = 20  # validation (greedy policy, `rec` reward) every N steps; 0: only at the end
+    max_steps: int = 90
+    num_generations: int = 8  # group size
+    per_device_train_batch_size: int = 64  # completions per step: num_generations per prompt
+    learning_rate: float = 5e-5
+    beta: float = 0.04  # KL coefficient
+    epsilon: float = 0.2  # clip range: binds only when num_iterations > 1 (one update per batch is on-policy)
+    num_iterations: int = 1  # optimizer steps per batch of generated episodes (the GRPO paper's mu)
+    scale_rewards: str = "group"  # advantage scale: group std (GRPO) | batch std | none (Dr. GRPO)
+    loss_type: str = "dapo"  # token-level loss normalisation: dapo | grpo | dr_grpo | bnpo
+    temperature: float = 0.7
+    max_completion_length: int = 1280  # generated + tool-result tokens per episode
+    save_steps: int = 10
+    logging_steps: int = 1
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def trl_args(self) -> dict[str, Any]:
+        """The GRPOConfig arguments of this stage."""
+        names = (
+            "max_steps",
+            "num_generations",
+            "per_device_train_batch_size",
+            "learning_rate",
+            "beta",
+            "epsilon",
+            "num_iterations",
+            "scale_rewards",
+            "loss_type",
+            "temperature",
+            "max_completion_length",
+            "save_steps",
+            "logging_steps",
+        )
+        return {name: getattr(self, name) for name in names} | dict(self.extra_args)
+
+
+def _stage1() -> GRPOStageConfig:
+    return GRPOStageConfig(
+        reward="cold",
+        max_steps=20,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-4,
+        temperature=1.0,
+    )
+
+
+def _policy_env() -> dict[str, Any]:
+    return {
+        "protocol": "chat",
+        "recall_k": 10,  # = rec_k: one-call agents (trm-agent, oracle) fill their answer from a single call
+        "history_items": 5,  # short episodes: CPU training time is per token
+        "instructions": "brief",
+        "max_tool_calls": 4,
+        "max_turns": 8,
+    }
+
+
+@dataclass
+class ValidationConfig:
+    users: int = 64  # fixed, seeded validation users for the learning curves
+
+
+@dataclass
+class EvaluationConfig:
+    valid_users: int = 1000  # seeded validation users for the warm start vs stage 2 comparison (0: all)
+    users: int = 300  # seeded test users for the final table
+    agents: list[str] = field(default_factory=lambda: ["pop", "sasrec", "trm", "scripted", "oracle"])
+
+
+@dataclass
+class TrainerConfig:
+    """Phases, the env the policy plays, and each phase's recipe (`experiments.train`)."""
+
+    output_dir: str = "runs/${dataset.name}-${policy.name}"  # one per run: sweeps must vary it
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
+    n_envs: int = 16  # episodes generated together during teacher rollouts and evaluation
+    env: dict[str, Any] = field(default_factory=_policy_env)  # EnvConfig fields over the root `env` for the policy
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    stage1: GRPOStageConfig = field(default_factory=_stage1)
+    stage2: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -1,0 +1,100 @@
+"""The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards and title matching.
+
+Every module here is a pure function of its inputs and never imports agents, rewards, TRL or Ray. Any string is a
+valid input: parsing never raises.
+"""
+
+from deeprec_env.protocol.cards import item_cards
+from deeprec_env.protocol.checks import (
+    FORMAT_CHECKS,
+    PROBLEM_ANSWER_COUNT,
+    PROBLEM_ANSWER_LENGTH,
+    PROBLEM_ANSWER_POSITION,
+    PROBLEM_NO_REASONING,
+    PROBLEM_NO_TOOL_CALL,
+    PROBLEM_PLACEHOLDER,
+    PROBLEM_ROLE_TURN,
+    PROBLEM_TAGS_IN_ANSWER,
+    PROBLEM_TOOL_COUNT,
+    PROBLEM_UNBALANCED,
+    format_problems,
+)
+from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
+from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
+from deeprec_env.protocol.prompts import INSTRUCTIONS, PromptSettings, instructions
+from deeprec_env.protocol.tags import (
+    ALL_TAGS,
+    ITEMS_CLOSE,
+    ITEMS_OPEN,
+    PREF_CLOSE,
+    PREF_OPEN,
+    PROMPT_END,
+    REC_CLOSE,
+    REC_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
+)
+from deeprec_env.protocol.text import normalize_preference, numbered
+from deeprec_env.protocol.tool import (
+    TOOL_NAME,
+    TOOL_SCHEMA,
+    ToolRequest,
+    render_assistant_message,
+    structured_call,
+    tool_docstring,
+)
+
+__all__ = [
+    "ALL_TAGS",
+    "CODECS",
+    "FORMAT_CHECKS",
+    "INSTRUCTIONS",
+    "ITEMS_CLOSE",
+    "ITEMS_OPEN",
+    "MAX_LINE_CHARS",
+    "PREF_CLOSE",
+    "PREF_OPEN",
+    "PROBLEM_ANSWER_COUNT",
+    "PROBLEM_ANSWER_LENGTH",
+    "PROBLEM_ANSWER_POSITION",
+    "PROBLEM_NO_REASONING",
+    "PROBLEM_NO_TOOL_CALL",
+    "PROBLEM_PLACEHOLDER",
+    "PROBLEM_ROLE_TURN",
+    "PROBLEM_TAGS_IN_ANSWER",
+    "PROBLEM_TOOL_COUNT",
+    "PROBLEM_UNBALANCED",
+    "PROMPT_END",
+    "REC_CLOSE",
+    "REC_OPEN",
+    "THINK_CLOSE",
+    "THINK_OPEN",
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
+    "TOOL_NAME",
+    "TOOL_RESPONSE_CLOSE",
+    "TOOL_RESPONSE_OPEN",
+    "TOOL_SCHEMA",
+    "Action",
+    "AnswerMatch",
+    "ChatCodec",
+    "Codec",
+    "PromptSettings",
+    "TagsCodec",
+    "TitleMatcher",
+    "ToolRequest",
+    "format_problems",
+    "get_codec",
+    "instructions",
+    "item_cards",
+    "normalize_preference",
+    "normalize_title",
+    "numbered",
+    "render_assistant_message",
+    "structured_call",
+    "tool_docstring",
+]

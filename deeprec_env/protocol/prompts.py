@@ -1,0 +1,90 @@
+"""The system instructions of both codecs, full (a paraphrase of the paper's `base_prompt_rec`) or brief (the task
+alone, for small policies that learn the protocol from demonstrations), and the history listing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from deeprec_env.protocol.tags import ITEMS_CLOSE, ITEMS_OPEN, PREF_CLOSE, PREF_OPEN, REC_CLOSE, REC_OPEN, THINK_CLOSE
+from deeprec_env.protocol.text import numbered
+from deeprec_env.protocol.tool import TOOL_NAME
+
+INSTRUCTIONS = ("full", "brief")
+
+
+class PromptSettings(Protocol):
+    """What the instructions mention (the env config has these fields)."""
+
+    rec_k: int
+    recall_k: int
+    max_tool_calls: int
+    instructions: str
+
+
+def history_listing(history_cards: Sequence[str]) -> str:
+    """The numbered history, oldest first, or a note that there is none."""
+    return numbered(history_cards) if history_cards else "(no interactions yet)"
+
+
+def instructions(kind: str, settings: PromptSettings) -> str:
+    """The system instructions for codec `kind` ("tags" | "chat")."""
+    k = settings.rec_k
+    if settings.instructions == "brief":
+        phrases = 'short preference phrases separated by ";"'
+        if kind == "tags":
+            how, close = (
+                f"write {phrases} between {PREF_OPEN} and {PREF_CLOSE}",
+                f"close your reasoning with {THINK_CLOSE}, then ",
+            )
+        else:
+            how, close = f"call `{TOOL_NAME}(preference)` with {phrases}", ""
+        return (
+            f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
+            f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved titles, best first, "
+            f"numbered, in {REC_OPEN} {REC_CLOSE}."
+        )
+    if kind == "tags":
+        tool = (
+            "The tool input format (you write it):\n"
+            f"{PREF_OPEN} [preference phrases, separated by ;] {PREF_CLOSE}\n"
+            "The tool output format (the tool writes it right after your call):\n"
+            f"{ITEMS_OPEN}\n1. [retrieved item]\n2. [retrieved item]\n...\n{ITEMS_CLOSE}"
+        )
+        call = "write the preference description between the preference tags"
+        layout = (
+            "Write your whole reply in this layout: reasoning, a tool call, the tool's result, an evaluation and "
+            "refinement, more tool calls, then the final ranking reasoning; close the reasoning with "
+            f"{THINK_CLOSE} and finish with the recommendation list."
+        )
+    else:
+        tool = (
+            f"The tool is the function `{TOOL_NAME}(preference)`: the preference is a description made of short "
+            'phrases separated by ";". It returns a numbered list of items.'
+        )
+        call = f"call `{TOOL_NAME}` with the preference description"
+        layout = "Write a short ranking reasoning, then finish your last message with the recommendation list."
+    return (
+        "You are a recommendation assistant. Predict which item the user will interact with next and recommend a "
+        f"ranked list of {k} items.\n"
+        "You cannot see the item catalogue: to find candidate items you must call an item retrieval tool. The tool "
+        "takes a description of the user's preferences and returns the catalogue items "
+        f"({settings.recall_k} per call) that best match both the user's history and the description.\n"
+        f"{tool}\n"
+        'Items are written as "Title (year) | category, category" (year and categories when known).\n'
+        "The user's history is a numbered list of the items the user interacted with, ordered by time, oldest "
+        "first.\n\n"
+        "Instructions:\n"
+        "1. Reason about the history: which categories, themes, moods and periods the user likes, and how the "
+        "taste changes over time.\n"
+        f'2. Describe one preference as a few short phrases separated by ";" and {call}.\n'
+        f"3. Call the tool several times (at most {settings.max_tool_calls}) with varied preference descriptions "
+        "that cover different sides of the user's taste. Quality over quantity: keep exploring with new descriptions "
+        "even after you have found good items.\n"
+        "4. After each call, judge the retrieved items and refine the next description.\n"
+        "5. When you have gathered a diverse pool of retrieved items, rank all of them for this user.\n"
+        f"6. Output exactly {k} titles, best first, one per line, copied from the tool results (title and year, "
+        "without the categories):\n"
+        f"{REC_OPEN}\n1. [item title]\n2. [item title]\n...\n{k}. [item title]\n{REC_CLOSE}\n\n"
+        f"{layout}"
+    )

@@ -1,0 +1,78 @@
+"""Text primitives every codec and check shares: finding tag blocks in linear time, normalising preferences and
+answer lines. Pure functions; any string is a valid input."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from deeprec_env.protocol.tags import ALL_TAGS
+
+MAX_PREFERENCE_CHARS = 2000  # longer preference texts are cut: the sentence encoder truncates them anyway
+
+TAG_RE = re.compile("|".join(re.escape(t) for t in sorted(ALL_TAGS, key=len, reverse=True)))
+_WS_RE = re.compile(r"\s+")
+# "3. Title", "3) Title", "- Title", "* Title"; "2001: A Space Odyssey", "12 Angry Men" and "2.0 ..." are kept.
+_LINE_PREFIX_RE = re.compile(r"^\s*(?:\d{1,3}\s*[.)]\s*(?!\d)|[-*•]\s+)")
+
+
+def blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int]]:
+    """(content start, content end) of each block from an open tag to the nearest close tag after it, left to
+    right (the content may hold further open tags). Linear time: str.find, never a backtracking regex."""
+    found: list[tuple[int, int]] = []
+    pos = 0
+    while (start := text.find(open_tag, pos)) >= 0:
+        close = text.find(close_tag, start + len(open_tag))
+        if close < 0:
+            break
+        found.append((start + len(open_tag), close))
+        pos = close + len(close_tag)
+    return found
+
+
+def hollow_blocks(text: str, open_tag: str, close_tag: str) -> str:
+    """The text with the content of every block removed (the tags stay)."""
+    parts, pos = [], 0
+    for start, end in blocks(text, open_tag, close_tag):
+        parts.append(text[pos:start])
+        pos = end
+    return "".join(parts) + text[pos:]
+
+
+def first_block(text: str, open_tag: str, close_tag: str) -> tuple[int, int, int] | None:
+    """(start of the LAST open tag before the first close that follows an open tag, content start, end past the
+    close tag), or None. This is the paper's rule: generation stops at the first close tag, and the content is the
+    text after the last open tag before it."""
+    first_open = text.find(open_tag)
+    if first_open < 0:
+        return None
+    close = text.find(close_tag, first_open + len(open_tag))
+    if close < 0:
+        return None
+    start = text.rfind(open_tag, 0, close)
+    return start, start + len(open_tag), close + len(close_tag)
+
+
+def strip_tags(text: str) -> str:
+    """The text with every protocol tag replaced by a space, stripped."""
+    return TAG_RE.sub(" ", text).strip()
+
+
+def normalize_preference(text: str) -> str:
+    """As the paper: `"` removed, whitespace collapsed, stripped; cut to MAX_PREFERENCE_CHARS."""
+    return _WS_RE.sub(" ", text.replace('"', "")).strip()[:MAX_PREFERENCE_CHARS].strip()
+
+
+def strip_line_prefix(line: str) -> str:
+    """'3. Toy Story' -> 'Toy Story' (also '3) ', '- ', '* ' prefixes)."""
+    return _LINE_PREFIX_RE.sub("", line, count=1).strip()
+
+
+def answer_lines(block: str) -> tuple[str, ...]:
+    """The lines of a recommendation block's content: empty lines dropped, numbering removed."""
+    return tuple(strip_line_prefix(line) for line in block.split("\n") if line.strip())
+
+
+def numbered(lines: Sequence[str]) -> str:
+    """'1. a\\n2. b' (no trailing newline)."""
+    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1))

@@ -1,0 +1,244 @@
+"""One builder for the whole stack: dataset, sentence encoder, preference-aware TRM, retriever, reward and envs.
+
+    stack = build_stack(cfg)                 # cfg: a composed config (configs/env_config.yaml or config.yaml)
+    env = stack.make_env(protocol="chat")    # DeepRecEnv; EnvConfig fields override cfg.env
+    envs = stack.make_vector_env(8)          # DeepRecVectorEnv: one batched retrieval per step
+
+`gymnasium.make("deeprec/DeepRec-v0", ...)` and `gymnasium.make_vec(...)` call `make_env` / `make_vector_env` below;
+every `experiments` command, the trainers and the bench call `build_stack`. Models missing from the artifact cache
+are TRAINED when the stack is built (minutes on a CPU for the real datasets; `python -m experiments.prepare` does it
+ahead). Heavy modules (Hydra, torch models, `rewards`) are imported when a stack is built, never at
+`import deeprec_env`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deeprec_env.config import StackConfig, compose, typed
+from deeprec_env.data.dataset import RecDataset
+from deeprec_env.env import DeepRecEnv, EnvConfig
+from deeprec_env.vector import DeepRecVectorEnv
+
+log = logging.getLogger(__name__)
+
+
+class BoundReward:
+    """A reward with its context bound: `episode -> breakdown`, with the reward's `levels` and the `config` it was
+    built from (picklable)."""
+
+    def __init__(self, reward: Any, context: Any, config: Any = None):
+        self.reward = reward
+        self.context = context
+        self.config = config
+
+    @property
+    def levels(self) -> dict[str, str]:
+        return dict(self.reward.levels)
+
+    def __call__(self, episode: Any) -> Any:
+        return self.reward(episode, self.context)
+
+
+@functools.cache
+def _encoder(path: str | None, batch_size: int, max_seq_length: int):
+    from deeprec_env.text import EncoderConfig, TextEncoder
+
+    return TextEncoder(EncoderConfig(path=path, batch_size=batch_size, max_seq_length=max_seq_length))
+
+
+def text_encoder(config: Any):
+    """The sentence encoder of an `EncoderConfig` (the `text` node): one instance per process and setting."""
+    return _encoder(config.path, config.batch_size, config.max_seq_length)
+
+
+@dataclass
+class Stack:
+    """The built parts every env of a run shares. `config` is the typed stack config it was built from."""
+
+    config: StackConfig
+    dataset: RecDataset
+    root: Path  # the dataset's artifact directory
+    encoder: Any  # deeprec_env.text.TextEncoder
+    trm: Any  # the trained preference-aware model (deeprec_env.trm.model.SequentialRecommender)
+    retriever: Any  # deeprec_env.trm.retriever.InProcessRetriever
+    reward: BoundReward | None
+    matcher: Any  # deeprec_env.protocol.TitleMatcher, shared by every env
+
+    def env_config(self, **overrides: Any) -> EnvConfig:
+        """The stack's env config with `overrides` (EnvConfig fields), validated."""
+        fields = [f.name for f in dataclasses.fields(EnvConfig)]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise TypeError(f"unknown env arguments {unknown}; EnvConfig fields are {fields}")
+        config = dataclasses.replace(self.config.env, **overrides)
+        config.validate()
+        return config
+
+    def make_env(
+        self, count_tokens: Callable[[str], int] | None = None, render_mode: str | None = None, **overrides: Any
+    ) -> DeepRecEnv:
+        """A `DeepRecEnv` on the stack's dataset, retriever and reward; `overrides` are EnvConfig fields."""
+        config = self.env_config(**overrides)
+        return DeepRecEnv(
+            self.dataset, self.retriever, self.reward, config, count_tokens, self._matcher(config), render_mode
+        )
+
+    def make_vector_env(
+        self,
+        num_envs: int,
+        count_tokens: Callable[[str], int] | None = None,
+        autoreset_mode: Any = "NextStep",
+        **overrides: Any,
+    ) -> DeepRecVectorEnv:
+        """A `DeepRecVectorEnv` of `num_envs` episodes; `overrides` are EnvConfig fields."""
+        config = self.env_config(**overrides)
+        return DeepRecVectorEnv(
+            self.dataset,
+            self.retriever,
+            num_envs,
+            self.reward,
+            config,
+            count_tokens,
+            self._matcher(config),
+            autoreset_mode,
+        )
+
+    def with_reward(self, node: Any) -> Stack:
+        """The same stack scoring with another reward config (a `reward` node or preset name, e.g. "cold")."""
+        if isinstance(node, str):
+            node = compose(overrides=[f"reward={node}"]).reward
+        return dataclasses.replace(self, reward=bind_reward(node, self))
+
+    def recommender(self, name: str) -> tuple[Any, dict]:
+        """A trained model of the config (`"sasrec"` or `"trm"`) and its training log, from the cache or trained
+        now."""
+        from deeprec_env.trm.train import load_or_train
+
+        config = getattr(self.config, name)
+        return load_or_train(self.dataset, config, self.root, self.encoder if config.model.uses_text else None)
+
+    def _matcher(self, config: EnvConfig):
+        from deeprec_env.protocol import TitleMatcher
+
+        if config.fuzzy_threshold != self.matcher.fuzzy_threshold:
+            return TitleMatcher(self.dataset, config.fuzzy_threshold)
+        return self.matcher
+
+
+def bind_reward(node: Any, stack: Stack) -> BoundReward:
+    """The reward of a `reward` config node with its context (encoder, item text and TRM item vectors) bound."""
+    import numpy as np
+    import torch
+
+    from deeprec_env.text import item_text_embeddings
+    from rewards import RewardContext, build_reward, load_reward_config
+
+    with torch.inference_mode():
+        vectors = stack.trm.item_vectors().detach().float().cpu().numpy()
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    vectors[0] = 0.0
+    item_text = item_text_embeddings(stack.dataset, stack.encoder, stack.root)
+    context = RewardContext(encoder=stack.encoder, item_text=np.asarray(item_text, np.float32), item_vectors=vectors)
+    config = load_reward_config(node)
+    return BoundReward(build_reward(config), context, config)
+
+
+def stack_config(cfg: Any) -> StackConfig:
+    """The typed stack part of a composed config (an experiments config carries more)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return typed(StackConfig, {f.name: node[f.name] for f in dataclasses.fields(StackConfig) if f.name in node})
+
+
+def build_stack(cfg: Any, with_reward: bool = True) -> Stack:
+    """The stack of a composed config: the dataset (cached), the encoder, the trained `trm` (trained now if not
+    cached), in-process retrieval, the title matcher and (unless `with_reward=False` or the config has none) the
+    `reward`. Sets the process's torch threads from `cfg.threads` first."""
+    from deeprec_env.data.source import artifact_root, load_dataset
+    from deeprec_env.protocol import TitleMatcher
+    from deeprec_env.runtime import configure_threads, quiet_library_progress
+    from deeprec_env.trm.retriever import InProcessRetriever
+    from deeprec_env.trm.train import load_or_train
+
+    config = stack_config(cfg)
+    configure_threads(config.threads)
+    quiet_library_progress()
+    dataset = load_dataset(config.dataset, config.artifacts)
+    root = artifact_root(config.artifacts, config.dataset)
+    encoder = text_encoder(config.text)
+    trm, _ = load_or_train(dataset, config.trm, root, encoder)
+    stack = Stack(
+        config=config,
+        dataset=dataset,
+        root=root,
+        encoder=encoder,
+        trm=trm,
+        retriever=InProcessRetriever(trm, encoder),
+        reward=None,
+        matcher=TitleMatcher(dataset, config.env.fuzzy_threshold),
+    )
+    if with_reward and cfg.get("reward") is not None:
+        stack.reward = bind_reward(cfg.reward, stack)
+    return stack
+
+
+# -- gymnasium entry points ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_stack(overrides: tuple[str, ...], with_reward: bool) -> Stack:
+    return build_stack(compose("env_config", overrides), with_reward)
+
+
+def stack_for(dataset: str, reward: str | None, artifacts: str | None, overrides: Sequence[str]) -> Stack:
+    """The stack of `configs/env_config.yaml` with these choices (built once per process and setting)."""
+    choices = [
+        f"dataset={dataset}",
+        *([f"reward={reward}"] if reward else []),
+        *([f"artifacts={artifacts}"] if artifacts else []),
+    ]
+    return _cached_stack((*choices, *overrides), reward is not None)
+
+
+def make_env(
+    dataset: str = "ml-100k",
+    reward: str | None = "rec",
+    artifacts: str | None = None,
+    overrides: Sequence[str] = (),
+    count_tokens: Callable[[str], int] | None = None,
+    render_mode: str | None = None,
+    **env: Any,
+) -> DeepRecEnv:
+    """The entry point of `gymnasium.make("deeprec/DeepRec-v0", ...)`.
+
+    dataset: a `configs/dataset/` name; reward: a `configs/reward/` preset ("rec", "cold") or None for zero rewards;
+    artifacts: the cache root; overrides: Hydra overrides of the stack config (e.g. ["trm.train.max_steps=200",
+    "text.path=DIR", "reward.point.weight=0"]); env: `EnvConfig` fields (protocol="chat", recall_k=..., ...).
+    """
+    return stack_for(dataset, reward, artifacts, overrides).make_env(count_tokens, render_mode, **env)
+
+
+def make_vector_env(
+    num_envs: int = 1,
+    dataset: str = "ml-100k",
+    reward: str | None = "rec",
+    artifacts: str | None = None,
+    overrides: Sequence[str] = (),
+    count_tokens: Callable[[str], int] | None = None,
+    autoreset_mode: Any = "NextStep",
+    **env: Any,
+) -> DeepRecVectorEnv:
+    """The vector entry point of `gymnasium.make_vec("deeprec/DeepRec-v0", num_envs=N, ...)` (same arguments as
+    `make_env`, plus Gymnasium's autoreset mode)."""
+    return stack_for(dataset, reward, artifacts, overrides).make_vector_env(
+        num_envs, count_tokens, autoreset_mode, **env
+    )

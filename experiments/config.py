@@ -1,0 +1,74 @@
+"""The `experiments` commands' config schema: the stack's (`deeprec_env.config.StackConfig`) plus what evaluation,
+training, probes and the bench read. Every default lives here or in the dataclass a field names; `configs/` only
+holds presets and overrides. Importing this module registers the schemas with Hydra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from agents.llm import PolicyConfig
+from agents.training.config import TrainerConfig
+from deeprec_env.config import StackConfig, register_configs
+
+
+@dataclass
+class EvalConfig:
+    """Offline evaluation (`experiments.evaluate`)."""
+
+    max_users: int | None = None  # evaluate a fixed, seeded sample of users (None: all)
+    batch_size: int = 256
+    n_envs: int = 64  # episodes stepped together (one batched retrieval per step) for text agents
+    exclude_history: bool = True
+    bootstrap: int = 1000  # resamples for the 95% intervals
+    list_k: int = 10  # list length for beyond-accuracy metrics
+    long_tail_head: float = 0.2  # share of most popular items counted as the head
+    force_env: bool = False  # evaluate a trained policy under env overrides that differ from its training env
+
+
+@dataclass
+class BenchConfig:
+    """Throughput and memory figures (`experiments.bench`)."""
+
+    tasks: list[str] = field(
+        default_factory=lambda: ["sasrec_train", "trm_train", "retrieval", "env_steps", "title_matching", "contention"]
+    )
+    datasets: list[str] = field(default_factory=lambda: ["ml-100k", "ml-latest-small", "games"])
+    steps: int = 200  # optimizer steps timed per training measurement
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])  # retrieval latency
+    repeats: int = 30  # retrieval batches and matched answers per measurement
+    recall_k: int = 20
+    env_episodes: int = 512  # scripted-agent episodes for env_steps
+    child: str | None = None  # internal: the task a measurement subprocess runs
+
+
+@dataclass
+class PrepareConfig:
+    models: list[str] = field(default_factory=lambda: ["sasrec", "trm"])  # trained (and cached) by experiments.prepare
+
+
+@dataclass
+class ProbeConfig:
+    """`experiments.trm_probe` (synthetic dataset)."""
+
+    k: int = 20
+    max_users: int = 500
+
+
+@dataclass
+class ExperimentConfig(StackConfig):
+    agent: Any = "sasrec"  # a name (`experiments.evaluate` lists them), module.Class, or a list of them
+    split: str = "test"  # valid | test: the split evaluation reports
+    probes_users: int = 200  # users of `experiments.probes`
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+register_configs()
+ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
