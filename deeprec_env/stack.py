@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +57,76 @@ def text_encoder(config: Any):
     return _encoder(config.path, config.batch_size, config.max_seq_length)
 
 
-@dataclass
 class Stack:
-    """The built parts every env of a run shares. `config` is the typed stack config it was built from."""
+    """The parts every env of a run shares: the typed stack `config`, the dataset and its artifact directory, and
+    the encoder, TRM, retriever, title matcher and reward, each built from the config when first used (so a command
+    trains only what it needs) and then kept. Parts given to the constructor are used as they are."""
 
-    config: StackConfig
-    dataset: RecDataset
-    root: Path  # the dataset's artifact directory
-    encoder: Any  # deeprec_env.text.TextEncoder
-    trm: Any  # the trained preference-aware model (deeprec_env.trm.model.SequentialRecommender)
-    retriever: Any  # deeprec_env.trm.retriever.InProcessRetriever
-    reward: BoundReward | None
-    matcher: Any  # deeprec_env.protocol.TitleMatcher, shared by every env
+    def __init__(
+        self,
+        config: StackConfig,
+        dataset: RecDataset,
+        root: Path | None,
+        *,
+        encoder: Any = None,
+        trm: Any = None,
+        retriever: Any = None,
+        matcher: Any = None,
+        reward: BoundReward | None = None,
+        reward_node: Any = None,
+    ):
+        self.config, self.dataset, self.root = config, dataset, root
+        self._parts = {"encoder": encoder, "trm": trm, "retriever": retriever, "matcher": matcher, "reward": reward}
+        self._reward_node = reward_node
+
+    @property
+    def encoder(self):
+        """The sentence encoder (deeprec_env.text.TextEncoder)."""
+        return self._part("encoder", lambda: text_encoder(self.config.text))
+
+    @property
+    def trm(self):
+        """The trained preference-aware model (from the cache, or trained now)."""
+        return self._part("trm", lambda: self.recommender("trm")[0])
+
+    @property
+    def retriever(self):
+        """The TRM as a tool, in this process (deeprec_env.trm.retriever.InProcessRetriever)."""
+        from deeprec_env.trm.retriever import InProcessRetriever
+
+        return self._part("retriever", lambda: InProcessRetriever(self.trm, self.encoder))
+
+    @property
+    def matcher(self):
+        """The title matcher every env of the stack shares."""
+        from deeprec_env.protocol import TitleMatcher
+
+        return self._part("matcher", lambda: TitleMatcher(self.dataset, self.config.env.fuzzy_threshold))
+
+    @property
+    def reward(self) -> BoundReward | None:
+        """The bound reward of the stack's reward config, or None for zero rewards."""
+        if self._reward_node is None:
+            return self._parts["reward"]
+        return self._part("reward", lambda: bind_reward(self._reward_node, self))
+
+    def _part(self, name: str, build: Callable[[], Any]) -> Any:
+        if self._parts[name] is None:
+            self._parts[name] = build()
+        return self._parts[name]
+
+    def replace(self, **parts: Any) -> Stack:
+        """A stack sharing this one's parts, with `parts` (encoder=, retriever=, reward_node=, ...) replaced."""
+        own = {**self._parts, "reward_node": self._reward_node}
+        if "reward_node" in parts:
+            own["reward"] = None
+        return Stack(self.config, self.dataset, self.root, **(own | parts))
+
+    def with_reward(self, node: Any) -> Stack:
+        """The same stack scoring with another reward config (a `reward` node or preset name, e.g. "cold")."""
+        if isinstance(node, str):
+            node = compose(overrides=[f"reward={node}"]).reward
+        return self.replace(reward_node=node)
 
     def env_config(self, **overrides: Any) -> EnvConfig:
         """The stack's env config with `overrides` (EnvConfig fields), validated."""
@@ -109,12 +166,6 @@ class Stack:
             self._matcher(config),
             autoreset_mode,
         )
-
-    def with_reward(self, node: Any) -> Stack:
-        """The same stack scoring with another reward config (a `reward` node or preset name, e.g. "cold")."""
-        if isinstance(node, str):
-            node = compose(overrides=[f"reward={node}"]).reward
-        return dataclasses.replace(self, reward=bind_reward(node, self))
 
     def recommender(self, name: str) -> tuple[Any, dict]:
         """A trained model of the config (`"sasrec"` or `"trm"`) and its training log, from the cache or trained
@@ -160,35 +211,18 @@ def stack_config(cfg: Any) -> StackConfig:
 
 
 def build_stack(cfg: Any, with_reward: bool = True) -> Stack:
-    """The stack of a composed config: the dataset (cached), the encoder, the trained `trm` (trained now if not
-    cached), in-process retrieval, the title matcher and (unless `with_reward=False` or the config has none) the
-    `reward`. Sets the process's torch threads from `cfg.threads` first."""
+    """The stack of a composed config: the dataset (read and cached now) and, built when first used, the encoder,
+    the trained `trm` (trained then if not cached), in-process retrieval, the title matcher and (unless
+    `with_reward=False` or the config has none) the `reward`. Sets the process's torch threads from `cfg.threads`."""
     from deeprec_env.data.source import artifact_root, load_dataset
-    from deeprec_env.protocol import TitleMatcher
     from deeprec_env.runtime import configure_threads, quiet_library_progress
-    from deeprec_env.trm.retriever import InProcessRetriever
-    from deeprec_env.trm.train import load_or_train
 
     config = stack_config(cfg)
     configure_threads(config.threads)
     quiet_library_progress()
     dataset = load_dataset(config.dataset, config.artifacts)
-    root = artifact_root(config.artifacts, config.dataset)
-    encoder = text_encoder(config.text)
-    trm, _ = load_or_train(dataset, config.trm, root, encoder)
-    stack = Stack(
-        config=config,
-        dataset=dataset,
-        root=root,
-        encoder=encoder,
-        trm=trm,
-        retriever=InProcessRetriever(trm, encoder),
-        reward=None,
-        matcher=TitleMatcher(dataset, config.env.fuzzy_threshold),
-    )
-    if with_reward and cfg.get("reward") is not None:
-        stack.reward = bind_reward(cfg.reward, stack)
-    return stack
+    reward_node = cfg.get("reward") if with_reward else None
+    return Stack(config, dataset, artifact_root(config.artifacts, config.dataset), reward_node=reward_node)
 
 
 # -- gymnasium entry points ---------------------------------------------------------------------------------------

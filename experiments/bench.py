@@ -16,7 +16,6 @@ directory and to stdout.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -203,7 +202,7 @@ def bench_env_steps(cfg: DictConfig) -> dict:
 
     for form, n_envs in (("single", 1), ("vector", cfg.eval.n_envs)):
         retriever = TimedRetriever(stack.retriever)
-        envs = dataclasses.replace(stack, retriever=retriever).make_vector_env(n_envs, autoreset_mode="Disabled")
+        envs = stack.replace(retriever=retriever).make_vector_env(n_envs, autoreset_mode="Disabled")
         agent_seconds[0] = 0.0
         started = time.perf_counter()
         episodes = rollout(

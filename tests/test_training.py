@@ -50,11 +50,11 @@ def stack(dataset):
         StackConfig(env=env),
         dataset,
         None,
-        encoder,
-        model,
-        InProcessRetriever(model, encoder),
-        reward,
-        TitleMatcher(dataset),
+        encoder=encoder,
+        trm=model,
+        retriever=InProcessRetriever(model, encoder),
+        matcher=TitleMatcher(dataset),
+        reward=reward,
     )
 
 
