@@ -166,7 +166,7 @@ class ScriptedAgent(TextAgent):
 class ScriptedCopyAgent(ScriptedAgent):
     """The scripted agent's calls, answered with the sequence-only (first) call's list in its order: an answer a
     small policy can copy line by line from one tool result, where the fusion's order cannot be read off the
-    transcript (the fused list scores no better than the first call's on ml-100k and Games; README "Results")."""
+    transcript (the fused list scores no better than the first call's on ml-100k and Games; docs/notes/history.md)."""
 
     name = "scripted-copy"
     call_weights = (1.0,)

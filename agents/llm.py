@@ -48,8 +48,8 @@ class PolicyConfig:
     n_head: int = 4
     n_embd: int = 128
     n_positions: int = 4096
-    dropout: float = 0.0  # attention dropout sends CPU attention down PyTorch's slow path: 5x the time per step
-    max_new_tokens: int = 256  # per agent turn: the teacher's longest turn (its answer) is 183 tokens on ml-100k
+    dropout: float = 0.0  # attention dropout sends CPU attention down PyTorch's slow path
+    max_new_tokens: int = 256  # per agent turn: room for a 10-line answer
     temperature: float = 0.0  # 0 = greedy (evaluation); GRPO samples with the trainer's temperature
     batch_size: int = 16  # prompts generated together
     seed: int = 0

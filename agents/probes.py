@@ -1,4 +1,4 @@
-"""Adversarial text agents: the reward-hacking probes of ARCHITECTURE.md "Reliability".
+"""Adversarial text agents: the reward-hacking probes (docs/rewards.md).
 
 Each probe plays one known trick (repeating an item, listing history items, pasting every retrieved item, calling
 the tool endlessly, answering junk, injecting protocol text, near-miss titles, maximally "diverse" nonsense

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from deeprec_env.runtime import configure_threads
 from deeprec_env.stack import build_stack, stack_config, text_encoder
-from experiments.common import CONFIG_PATH, entry_point, log, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, log, provenance, run_dir, write_json
 
 
 def peak_rss_mb() -> float:
@@ -303,7 +303,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"unknown bench task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     own = ("dataset=", "bench.tasks=", "bench.datasets=", "bench.child=")
     passthrough = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(own)]
-    results = {"cpu_threads": torch.get_num_threads(), "tasks": {}}
+    results = {"cpu_threads": torch.get_num_threads(), "provenance": provenance(), "tasks": {}}
     for task in cfg.bench.tasks:
         results["tasks"][task] = []
         for dataset in cfg.bench.datasets:

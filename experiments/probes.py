@@ -4,8 +4,9 @@ Runs the honest scripted teacher and every adversarial probe (`agents.probes.PRO
 same fixed, seeded sample of `probes_users` users of `split`, under the reward preset given by `reward=` (with any
 command-line overrides of it) and under `cold` (the two DeepRec stages). Prints a markdown table per preset: mean
 reward with its 95% bootstrap interval, format_ok rate, the mean of every non-zero reward term, the paired
-difference to the scripted agent and whether the probe stays strictly below it (ARCHITECTURE.md "Reliability":
-reward hacking is a bug). Writes `probes.json` in the run directory.
+difference to the scripted agent and whether the probe stays strictly below it (docs/rewards.md:
+reward hacking is a bug). Writes `probes.json` and `probes.md` (the tables, with the command and commit) in the run
+directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from agents.baselines import ScriptedAgent, TextAgent
 from agents.probes import PROBES
 from deeprec_env.metrics import bootstrap_interval, paired_difference
 from deeprec_env.stack import Stack, build_stack
-from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, run_dir, write_json
 
 TABLE_COLUMNS = [
     "agent",
@@ -104,8 +105,8 @@ def table_row(agent: str, s: dict, is_reference: bool) -> dict:
 
 def run_probes(cfg: DictConfig) -> dict:
     agents: dict[str, type[TextAgent]] = {"scripted": ScriptedAgent, **PROBES}
-    results: dict = {"dataset": None, "split": cfg.split, "presets": {}}
-    failures = []
+    results: dict = {"dataset": None, "split": cfg.split, "provenance": provenance(), "presets": {}}
+    failures, report = [], []
     for preset, stack in preset_stacks(cfg).items():
         users = probe_users(cfg, stack.dataset)
         results["dataset"], results["n_users"] = stack.dataset.name, int(len(users))
@@ -117,15 +118,23 @@ def run_probes(cfg: DictConfig) -> dict:
         reward_config = dataclasses.asdict(stack.reward.config)
         results["presets"][preset] = {"reward": reward_config} | summary
         failures += [(preset, a) for a, s in summary.items() if a != "scripted" and not s["below_scripted"]]
-        print(f"\nreward={preset} — {stack.dataset.name}, {cfg.split} split, {len(users)} users, 95% bootstrap\n")
-        print(markdown_table([table_row(a, s, a == "scripted") for a, s in summary.items()], TABLE_COLUMNS))
+        report += [
+            f"reward={preset} — {stack.dataset.name}, {cfg.split} split, {len(users)} users, 95% bootstrap",
+            "",
+            markdown_table([table_row(a, s, a == "scripted") for a, s in summary.items()], TABLE_COLUMNS),
+            "",
+        ]
     results["failures"] = [{"preset": p, "probe": a} for p, a in failures]
     if failures:
         hacks = ", ".join(f"{a} under reward={p}" for p, a in failures)
-        print(f"\nREWARD HACKS (probe mean >= scripted mean): {hacks}")
+        report.append(f"REWARD HACKS (probe mean >= scripted mean): {hacks}")
     else:
-        print("\nEvery probe stays below the scripted agent under every preset.")
+        report.append("Every probe stays below the scripted agent under every preset.")
+    made = results["provenance"]
+    report += ["", f"Measured by `{made['command']}` (commit {made['commit']})."]
+    print("\n" + "\n".join(report))
     write_json(run_dir() / "probes.json", results)
+    (run_dir() / "probes.md").write_text("\n".join(report) + "\n")
     return results
 
 

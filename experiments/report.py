@@ -1,9 +1,9 @@
 """`python -m experiments.report DIR [DIR ...] --out DIR`: gather `results.json` files into a markdown table and PNG.
 
 Every directory is searched recursively for `results.json` (a list of agent records, as `experiments.evaluate` and the
-trainer's evaluation write them). Writes `report.md` (the table, the command and commit that made each source and
-this report) and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap intervals) into `--out`, and prints
-the table. This is how the files under `results/` are made.
+trainer's evaluation write them). Writes into `--out`: `results.json` (the records gathered), `report.md` (the table,
+the command and commit that made each source and this report) and `ndcg10.png` (NDCG@10 per dataset and agent with
+95% bootstrap intervals), and prints the table. This is how the files under `results/` are made.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main() -> None:
         f"Report: `{made['command']}` (commit {made['commit']}).",
     ]
     (args.out / "report.md").write_text("\n".join(body) + "\n")
+    (args.out / "results.json").write_text(json.dumps(records, indent=1))
     plot(records, args.out / "ndcg10.png")
     print(text)
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'ndcg10.png'}")

@@ -21,7 +21,7 @@ weight 1.0 with the default parameters, and an ablation changes weights only.
 
 `calls` and the preferences are the executed tool calls whose preference is non-empty after `strip()`.
 
-Guard rails against reward hacking (ARCHITECTURE.md "Reliability"; the probe each one answers in brackets):
+Guard rails against reward hacking (docs/rewards.md; the probe each one answers in brackets):
 - invocation counts only non-empty preferences and is capped at `cap` calls [calling the tool endlessly; empty calls].
 - diversity ignores empty preferences, whose all-zero embedding would look maximally diverse [empty calls].
 - point scores invalid lines (None, id <= 0) and repeated items 0, even if the env did not mark a repeat, so a

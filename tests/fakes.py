@@ -44,3 +44,39 @@ def synthetic_dataset(artifacts: Path, **sizes) -> RecDataset:
 def real_data_root() -> Path:
     """Where the real datasets are, found as the project finds them ($DEEPREC_DATA, ./data, ../shared/data)."""
     return next((root for root in data_roots(None) if root.is_dir()), data_roots(None)[-1])
+
+
+def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root=None):
+    """A `Stack` of hand-made parts instead of trained ones: a small random preference-aware TRM, a hash encoder
+    and (given a reward config node) the reward bound to them."""
+    import torch
+
+    from deeprec_env.config import StackConfig
+    from deeprec_env.protocol import TitleMatcher
+    from deeprec_env.stack import BoundReward, Stack
+    from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+    from deeprec_env.trm.retriever import InProcessRetriever
+    from rewards import RewardContext, build_reward
+
+    torch.manual_seed(0)
+    item_text = torch.randn(dataset.n_items + 1, text_dim)
+    item_text[0] = 0
+    model_config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
+    model = SequentialRecommender(dataset.n_items, model_config, item_text).eval()
+    encoder = HashEncoder(text_dim)
+    reward = None
+    if reward_node is not None:
+        unit = torch.nn.functional.normalize(item_text, dim=1).numpy()
+        vectors = torch.nn.functional.normalize(model.item_vectors().detach(), dim=1).numpy()
+        context = RewardContext(encoder=encoder, item_text=unit, item_vectors=vectors)
+        reward = BoundReward(build_reward(reward_node), context)
+    return Stack(
+        config or StackConfig(),
+        dataset,
+        root,
+        encoder=encoder,
+        trm=model,
+        retriever=InProcessRetriever(model, encoder),
+        matcher=TitleMatcher(dataset),
+        reward=reward,
+    )

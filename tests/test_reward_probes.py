@@ -1,4 +1,4 @@
-"""The reward-hacking probe suite (ARCHITECTURE.md "Reliability"): on the same users, no adversarial probe
+"""The reward-hacking probe suite (docs/rewards.md): on the same users, no adversarial probe
 (`agents.probes.PROBES`) may earn a mean reward as high as the honest scripted teacher, under either reward preset.
 
 One small synthetic dataset and one quickly trained TRM (shared by both presets through the artifact cache); every

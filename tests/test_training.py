@@ -19,12 +19,8 @@ from agents.training.grpo import DeepRecToolEnv, active_components, component_re
 from agents.training.warm_start import sft_messages, teacher_episodes
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
-from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, ChatCodec, TitleMatcher
-from deeprec_env.stack import BoundReward, Stack
-from deeprec_env.trm.model import ModelConfig, SequentialRecommender
-from deeprec_env.trm.retriever import InProcessRetriever
-from rewards import RewardContext, build_reward
-from tests.fakes import HashEncoder, synthetic_dataset
+from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, ChatCodec
+from tests.fakes import random_stack, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,25 +33,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(dataset):
     """A stack of hand-made parts: a small random TRM, a hash encoder, the `rec` reward without its point term."""
-    torch.manual_seed(0)
-    item_text = torch.randn(dataset.n_items + 1, 16)
-    item_text[0] = 0
-    config = ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True)
-    model = SequentialRecommender(dataset.n_items, config, item_text).eval()
-    encoder = HashEncoder(16)
-    unit_text = torch.nn.functional.normalize(item_text, dim=1).numpy()
-    reward = BoundReward(build_reward({"point": {"weight": 0.0}}), RewardContext(encoder=encoder, item_text=unit_text))
     env = EnvConfig(protocol="chat", recall_k=10, max_tool_calls=4)
-    return Stack(
-        StackConfig(env=env),
-        dataset,
-        None,
-        encoder=encoder,
-        trm=model,
-        retriever=InProcessRetriever(model, encoder),
-        matcher=TitleMatcher(dataset),
-        reward=reward,
-    )
+    return random_stack(dataset, StackConfig(env=env), {"point": {"weight": 0.0}}, text_dim=16)
 
 
 @pytest.fixture(scope="module")
@@ -419,3 +398,29 @@ def _evaluate_command(tmp_path: Path, run: Path) -> list[str]:
         f"artifacts={tmp_path / 'artifacts'}",
         f"hydra.run.dir={tmp_path / 'evaluate'}",
     ]
+
+
+def test_python_defaults_give_the_command_line_settings(tmp_path):
+    """The warm start and both GRPO stages called from Python with default arguments resolve to the same TRL
+    settings as the command line's defaults; the policy and env defaults are the command line's too."""
+    import dataclasses
+
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from agents.training.config import GRPOStageConfig, TrainerConfig, WarmStartConfig
+    from agents.training.grpo import grpo_config
+    from agents.training.warm_start import sft_config
+    from deeprec_env.config import compose, typed
+
+    cfg = compose("config", [])
+    cli = typed(TrainerConfig, cfg.trainer)
+    python = TrainerConfig()
+    assert cli.output_dir == "runs/ml-100k-tiny" and python.output_dir == "runs/${dataset.name}-${policy.name}"
+    assert dataclasses.replace(cli, output_dir=python.output_dir) == python
+    assert typed(PolicyConfig, cfg.policy) == PolicyConfig() and typed(EnvConfig, cfg.env) == EnvConfig()
+    assert sft_config(WarmStartConfig(), tmp_path).to_dict() == sft_config(cli.warm_start, tmp_path).to_dict()
+    env = dataclasses.replace(EnvConfig(), **cli.env)
+    for from_python, from_cli in ((GRPOStageConfig(), cli.stage2), (python.stage1, cli.stage1)):
+        settings = grpo_config(from_python, env, [1.0, 1.0], tmp_path).to_dict()
+        assert settings == grpo_config(from_cli, env, [1.0, 1.0], tmp_path).to_dict()
+    stage2 = grpo_config(GRPOStageConfig(), env, [1.0], tmp_path)
+    assert (stage2.learning_rate, stage2.num_generations, stage2.max_tool_calling_iterations) == (5e-5, 8, 4)

@@ -54,7 +54,6 @@ def trainer_settings(out_dir: Path, seed: int, logging_dir: Path | None) -> dict
         "report_to": ["tensorboard"],
         "use_cpu": True,
         "bf16": False,
-        "gradient_checkpointing": False,
         "seed": seed,
         "dataloader_num_workers": 0,
     }

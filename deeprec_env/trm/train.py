@@ -17,11 +17,8 @@ improvement and keeps the best weights. A stop signal or a kill never leaves a h
 Backbone initialisation (`backbone`, the TRM's default: the trained SASRec). The shared layers (item id and
 position embeddings, transformer blocks, final norm, item bias) start from the backbone's trained weights and the
 fusion layers start at zero (item text projection, last layer of the query projection), so training begins at the
-backbone's sequential ranking and only has to learn what text and queries add. Trained from scratch, the
-query-fused model gets a sequence-only signal on just `query_dropout` of its targets and on Games (17k items,
-median history of 6) ended 11% below SASRec on test NDCG@10; started from SASRec but without `sequence_loss`,
-its validation NDCG@10 fell from 0.0667 after 100 steps to 0.0630-0.0647 over the next 800 (SASRec: 0.0683) as
-the queries took over; with it, it stayed at 0.066-0.068 and then climbed past SASRec.
+backbone's sequential ranking and only has to learn what text and queries add (docs/notes/history.md has the
+measurements behind this recipe).
 """
 
 from __future__ import annotations
