@@ -378,14 +378,13 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     settings = json.loads((run / "stage2" / "final" / "deeprec.json").read_text())
     assert settings["env"]["protocol"] == "chat" and settings["env"]["max_turns"] == 3
 
-    conflicting = subprocess.run(
-        [*_evaluate_command(tmp_path, run), "agent=llm", "env.max_turns=5"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert conflicting.returncode != 0 and "env.max_turns=5 (trained with 3)" in conflicting.stderr
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from deeprec_env.config import compose
+    from experiments.evaluate import policy_settings
+
+    conflicting = compose("config", [*PIPELINE, "agent=llm", "env.max_turns=5"])
+    with pytest.raises(SystemExit, match=r"env.max_turns=5 \(trained with 3\).*eval.force_env=true"):
+        policy_settings(conflicting, {"llm": run / "stage2" / "final"})
 
 
 def _evaluate_command(tmp_path: Path, run: Path) -> list[str]:
