@@ -1,9 +1,12 @@
 """Adversarial text agents: the reward-hacking probes (docs/rewards.md).
 
-Each probe plays one known trick (repeating an item, listing history items, pasting every retrieved item, calling
-the tool endlessly, answering junk, injecting protocol text, near-miss titles, maximally "diverse" nonsense
-queries). None of them may earn more reward, on average, than the honest scripted teacher (`ScriptedAgent`) on the
-same users; `tests/test_reward_probes.py` and `python -m experiments.probes` check this for every reward preset.
+Each probe plays one known trick. Answer tricks: repeating an item, listing history items, pasting every retrieved
+item, junk lines, near-miss titles, the catalogue's most popular titles, re-ranking the retrieved pool by similarity
+instead of evidence, an answer block split over two segments. Tool-use tricks: calling the tool endlessly, identical
+queries, prompt injection, "diverse" nonsense queries, single title words, the same fixed words for every user,
+copied history titles, invisible queries. None of them may earn as much reward as the honest scripted teacher
+(`ScriptedAgent`) on the same users; `tests/test_reward_probes.py` and `python -m experiments.probes` check this for
+the `rec` and `cold` presets, and show which tricks the paper's presets (`rec-paper`, `cold-paper`) admit.
 
 The probes act through the environment's text interface exactly like the baselines (`TextAgent`): they read the
 history from the prompt and the retrieved items from `info["tool_calls"]`, never the target. Where a probe makes
@@ -13,17 +16,30 @@ number of calls the probe needs), so the only difference to the teacher is the t
 
 from __future__ import annotations
 
+import functools
 import string
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from agents.baselines import ScriptedAgent, TextAgent
-from deeprec_env.trm.queries import item_aspects
+from deeprec_env.data.dataset import split_title_year
+from deeprec_env.protocol import REC_CLOSE, REC_OPEN, THINK_CLOSE
+from deeprec_env.trm.queries import item_aspects, title_words
 
 
 class ProbeAgent(ScriptedAgent):
-    """Base of the probes: honest queries (the scripted plan), pooled retrieval, raw answer blocks, junk text."""
+    """Base of the probes: honest queries (the scripted plan), pooled retrieval, raw answer blocks, junk text.
+
+    reward_context: what the reward knows (`rewards.RewardContext`), for white-box probes; the others ignore it."""
 
     name = "probe"
+
+    def __init__(self, *args: Any, reward_context: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reward_context = reward_context
 
     def honest_queries(self, n: int) -> list[str]:
         """`n` distinct non-empty preferences: the scripted plan's, then single history aspects (most recent item
@@ -209,6 +225,143 @@ class DiverseGibberishProbe(ProbeAgent):
         return self.answer(self.pooled(info), "These came up.")
 
 
+class PooledAnswerProbe(ProbeAgent):
+    """Base of the tool-use probes: `n_calls` calls with the probe's own queries, then the retrieved items in
+    retrieval order (first call's list first), so only the queries differ from an honest searcher."""
+
+    n_calls = 3
+
+    def final(self, info: dict) -> str:
+        return self.answer(self.pooled(info), "These came up.")
+
+
+def _content_words(title: str) -> list[str]:
+    """The words of a title without its year, at least four letters long."""
+    return [w for w in title_words(split_title_year(title)[0]) if len(w) >= 4 and w.isalpha()]
+
+
+class TitleWordsProbe(PooledAnswerProbe):
+    """Single content-free words, one from each of the most recent history titles (each word is close to one
+    history card, and the words are far from each other)."""
+
+    name = "title-words"
+    call_reasoning = "One word says it all."
+
+    def query(self, calls: int) -> str:
+        words = [w for item in reversed(self.history) for w in _content_words(self.dataset.item_name(item))]
+        words = list(dict.fromkeys(words)) or ["movie"]
+        return words[int(self.rng.integers(len(words)))] if calls >= len(words) else words[calls]
+
+
+class FixedWordsProbe(PooledAnswerProbe):
+    """The same queries for every user: the catalogue's most frequent title words, one per call."""
+
+    name = "fixed-words"
+    call_reasoning = "My usual searches."
+
+    @functools.cached_property
+    def words(self) -> list[str]:
+        names = (self.dataset.item_name(item) for item in range(1, self.dataset.n_items + 1))
+        return [w for w, _ in Counter(w for name in names for w in _content_words(name)).most_common(self.n_calls)]
+
+    def query(self, calls: int) -> str:
+        return self.words[calls % len(self.words)] if self.words else "movie"
+
+
+class HistoryTitlesProbe(PooledAnswerProbe):
+    """The titles of the most recent history items as queries ("more like this"), copied verbatim."""
+
+    name = "history-titles"
+    call_reasoning = "More like what I just watched."
+
+    def query(self, calls: int) -> str:
+        recent = list(reversed(self.history))
+        return self.dataset.item_name(recent[calls % len(recent)]) if recent else "popular titles"
+
+
+INVISIBLE = ("\u200b", "\u2060", "\ufeff", "\u200c", "\u200d", "\u00ad", "\u202f")
+
+
+class InvisibleQueriesProbe(PooledAnswerProbe):
+    """Queries made of invisible characters only (zero-width spaces, word joiners, ...): non-empty strings that say
+    nothing."""
+
+    name = "invisible-queries"
+    call_reasoning = "Searching."
+
+    def query(self, calls: int) -> str:
+        return "".join(self.rng.choice(INVISIBLE, int(self.rng.integers(1, 4))))
+
+
+class PopularTitlesProbe(ProbeAgent):
+    """The scripted teacher's calls, then the catalogue's most popular items outside the history, the same for every
+    user."""
+
+    name = "popular-titles"
+
+    def act(self, observation: str, info: dict) -> str:
+        if info.get("n_tool_calls", 0) < len(self.plan()):
+            return ScriptedAgent.act(self, observation, info)
+        history = set(self.history)
+        ranked = [int(i) for i in np.argsort(-self.dataset.item_popularity(), kind="stable") if i > 0]
+        return self.answer([i for i in ranked if i not in history], "Everyone likes these.")
+
+
+class PoolCentralityProbe(ProbeAgent):
+    """The scripted teacher's calls, then the retrieved pool re-ranked by each item's mean similarity to the rest of
+    the pool, in the reward's own similarity (the `point` term's item text and TRM vectors, from `reward_context`; a
+    white-box attacker): typical items first, whatever the tool's ranking said. Without a context, aspect overlap
+    (Jaccard) is the similarity."""
+
+    name = "pool-centrality"
+
+    def act(self, observation: str, info: dict) -> str:
+        if info.get("n_tool_calls", 0) < len(self.plan()):
+            return ScriptedAgent.act(self, observation, info)
+        history = set(self.history)
+        pool = [i for i in self.pooled(info) if i not in history]
+        similarity = self.similarity(pool)
+        np.fill_diagonal(similarity, np.nan)
+        centrality = np.nan_to_num(np.nanmean(similarity, axis=1)) if len(pool) > 1 else np.zeros(len(pool))
+        order = sorted(range(len(pool)), key=lambda a: (-centrality[a], a))
+        return self.answer([pool[a] for a in order], "The most typical items of the results.")
+
+    def similarity(self, items: list[int]) -> np.ndarray:
+        context = self.reward_context
+        if context is not None and context.item_text is not None and context.item_vectors is not None:
+            text, vectors = (np.asarray(t, np.float64)[items] for t in (context.item_text, context.item_vectors))
+            return 0.5 * (text @ text.T + vectors @ vectors.T)
+        aspects = [set(item_aspects(self.dataset, i)) for i in items]
+        return np.array([[len(a & b) / max(len(a | b), 1) for b in aspects] for a in aspects], dtype=np.float64)
+
+
+class SplitAnswerProbe(ProbeAgent):
+    """The scripted teacher's calls and ranking, with the answer block split over two segments (the opening tag and
+    the first half, then the second half and the closing tag), then empty segments: the transcript holds one
+    well-formed block that the environment never parsed as an answer."""
+
+    name = "split-answer"
+
+    def reset(self, observation: str, info: dict) -> None:
+        super().reset(observation, info)
+        self.second_half: str | None = None
+
+    def act(self, observation: str, info: dict) -> str:
+        if info.get("n_tool_calls", 0) < len(self.plan()):
+            return ScriptedAgent.act(self, observation, info)
+        if self.second_half == "":
+            return ""  # the answer is written; wait out the turn limit without adding text
+        if self.second_half is not None:
+            second, self.second_half = self.second_half, ""
+            return second
+        segment = ScriptedAgent.act(self, observation, info)
+        lines = segment[segment.find(REC_OPEN) + len(REC_OPEN) : segment.find(REC_CLOSE)].strip().split("\n")
+        half = len(lines) // 2
+        close = f"{THINK_CLOSE}\n" if self.codec.name == "tags" else ""
+        self.second_half = "\n".join(lines[half:]) + f"\n{REC_CLOSE}"
+        return f"Here is my list.\n{close}{REC_OPEN}\n" + "\n".join(lines[:half])
+
+
 PROBES: dict[str, type[TextAgent]] = {
     cls.name: cls
     for cls in (
@@ -221,5 +374,12 @@ PROBES: dict[str, type[TextAgent]] = {
         PromptInjectionProbe,
         NearMissProbe,
         DiverseGibberishProbe,
+        TitleWordsProbe,
+        FixedWordsProbe,
+        HistoryTitlesProbe,
+        InvisibleQueriesProbe,
+        PopularTitlesProbe,
+        PoolCentralityProbe,
+        SplitAnswerProbe,
     )
 }

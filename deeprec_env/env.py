@@ -2,23 +2,28 @@
 
 One episode: `reset` picks a user (seeded; `options={"split": ..., "user": ...}`, the split defaulting to
 `config.split`, "train") and renders the prompt: instructions and the user's recent history as item cards. The agent
-then writes segments; `step(segment)` parses one with the configured codec (`deeprec_env.protocol`):
+then writes segments; `step(segment)` cleans one (`protocol.clean_text`: invalid code points replaced, invisible and
+control characters removed, before anything is parsed or "empty") and parses it with the configured codec
+(`deeprec_env.protocol`):
 
 * tool call: the TRM retrieves `recall_k` items for the user's full history and each preference (a chat message may
   hold several calls: every one runs, as in TRL); the observation is the rendered result, and a `ToolCall` is
-  recorded in the `Episode`. A call that cannot run (another tool's name, other arguments) gets an error result;
+  recorded in the `Episode`. A call that cannot run (another tool's name, other arguments) or that the retriever
+  fails on (logged) gets an error result and counts in `Episode.n_failed_calls`;
 * answer: the titles are matched to item ids (items retrieved in this episode win ties), the format is checked, the
   episode is scored and terminates;
 * malformed (neither): counted in `Episode.n_malformed`; the observation is a one-line hint; the episode goes on.
 
-Any string is a valid action (the chat codec also takes an assistant message dict); nothing an agent writes raises.
+Any string is a valid action (the chat codec also takes an assistant message dict, every string in it cleaned);
+nothing an agent writes raises.
 Limits truncate the episode (`truncated=True`), never raise: a tool call past `max_tool_calls` (it does not run), a
 segment or observation that takes the episode past `max_episode_tokens`, and the `max_turns`-th segment without an
 answer (the segment is processed, then the episode ends). A truncated episode is scored like an answered one: an
 unanswered episode fails the format check, so the reward's format gate zeroes its outcome terms. `end(reason)` ends
 an episode the same way from outside (an agent out of budget, a time limit: see `deeprec_env.wrappers`).
 
-Transcript (`Episode.transcript`, what the format checks read), after the prompt:
+Transcript (`Episode.transcript`, the text the format checks read with the answer the env parsed and the calls it
+ran), after the prompt:
 * tags: one string: every segment cut at `action.end` (text after the action block is dropped), each tool call
   followed by its rendered `<|begin_of_item_list|>` result. Malformed-segment hints are not part of it.
 * chat: the messages after the prompt: the assistant message per segment, a tool message per tool call, and a
@@ -43,15 +48,18 @@ Framework-driven chat episodes: a tool-calling framework such as TRL runs the to
 the assistant messages only when generation is over. For it, `run_tool(preference)` runs one tool call of the live
 episode (limits, retrieval, the record) and returns the tool result, and `finish(messages)` ends the episode with the
 conversation the framework recorded and scores it. The retrievals are the ones the policy saw; nothing is replayed.
+Both clean what the policy wrote as `step` does (the tool messages hold the env's own results and stay as they are).
 
 `begin_step` and `end_step` are the two halves of `step`, around the retrieval, so that `DeepRecVectorEnv` serves the
-tool calls of many envs with one batched retriever call.
+tool calls of many envs with one batched retriever call (`serve`: when that call raises, each row is retried alone,
+so a query the retriever fails on fails only its own tool call).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,6 +80,8 @@ from deeprec_env.protocol import (
     TOOL_SCHEMA,
     Action,
     TitleMatcher,
+    clean_text,
+    clean_value,
     format_problems,
     get_codec,
     item_cards,
@@ -80,6 +90,9 @@ from deeprec_env.protocol import (
 from deeprec_env.protocol.tool import content_text, requests_of_message, tool_request
 from deeprec_env.spaces import TextSpace
 from deeprec_env.trm.retriever import Retriever
+
+log = logging.getLogger(__name__)
+RETRIEVAL_FAILED = "the retriever failed on this preference"  # the error of a tool call whose retrieval raised
 
 
 @dataclass
@@ -142,25 +155,53 @@ class PendingStep:
     history: np.ndarray | None = None
 
 
-def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep]) -> list[list[list[int]]]:
+def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep]) -> list[list[list[int] | None]]:
     """Serve every retrieval of `pending` with ONE batched retriever call: per step, one list of item ids per query
-    (padding dropped)."""
+    (padding dropped). When the batched call raises, every query is retried on its own; one that still fails gets
+    None (a failed tool call) and the others their results. Failures are logged as warnings."""
     rows = [(i, q) for i, p in enumerate(pending) for q in p.queries]
-    found: list[list[list[int]]] = [[] for _ in pending]
-    if rows:
-        histories = [pending[i].history for i, _ in rows]
-        ids, _ = retriever.retrieve(histories, [q for _, q in rows], config.recall_k, config.exclude_history)
-        for (i, _), row in zip(rows, np.asarray(ids).reshape(len(rows), -1), strict=True):
-            found[i].append([int(item) for item in row if int(item) > 0])
+    found: list[list[list[int] | None]] = [[] for _ in pending]
+    if not rows:
+        return found
+    histories = [pending[i].history for i, _ in rows]
+    queries = [q for _, q in rows]
+    try:
+        results: list[list[int] | None] = list(_retrieve(retriever, config, histories, queries))
+    except Exception as err:  # the retriever's failure must not end the episodes of every row
+        log.warning("batched retrieval of %d queries failed (%s); retrying one by one", len(rows), _why(err))
+        results = []
+        for history, query in zip(histories, queries, strict=True):
+            try:
+                results.extend(_retrieve(retriever, config, [history], [query]))
+            except Exception as row_err:
+                log.warning("retrieval failed for preference %r (%s); the tool call fails", query[:80], _why(row_err))
+                results.append(None)
+    for (i, _), ids in zip(rows, results, strict=True):
+        found[i].append(ids)
     return found
 
 
+def _retrieve(retriever: Retriever, config: EnvConfig, histories: list, queries: list[str]) -> list[list[int]]:
+    """One retriever call: per query, the item ids (padding dropped)."""
+    ids, _ = retriever.retrieve(histories, queries, config.recall_k, config.exclude_history)
+    return [[int(item) for item in row if int(item) > 0] for row in np.asarray(ids).reshape(len(queries), -1)]
+
+
+def _why(err: Exception) -> str:
+    """'ErrorType: first line of the message' for a log line."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def _as_action(action: Any, chat: bool) -> str | Mapping[str, Any]:
-    """A step's action: a string, or (chat) an assistant message mapping; anything else becomes its `str`."""
-    if isinstance(action, str) or (chat and isinstance(action, Mapping)):
-        return action
+    """A step's action, cleaned (`clean_text`): a string, or (chat) an assistant message mapping with every string in
+    it cleaned; anything else becomes its `str`."""
+    if isinstance(action, str):
+        return clean_text(action)
+    if chat and isinstance(action, Mapping):
+        return clean_value(action)
     try:
-        return str(action)
+        return clean_text(str(action))
     except Exception:  # an object whose __str__ fails is still a (malformed) action
         return ""
 
@@ -328,8 +369,11 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             return PendingStep(parsed, end="max_tool_calls")
         return PendingStep(parsed, end=end, queries=queries, history=ep.history)
 
-    def end_step(self, pending: PendingStep, results: Sequence[Sequence[int]]) -> tuple[str, float, bool, bool, dict]:
-        """Apply the retrieval results (one id list per query of `pending`) and produce the step's return values."""
+    def end_step(
+        self, pending: PendingStep, results: Sequence[Sequence[int] | None]
+    ) -> tuple[str, float, bool, bool, dict]:
+        """Apply the retrieval results (one id list per query of `pending`, None where the retriever failed) and
+        produce the step's return values."""
         if pending.ended:
             return "", 0.0, self._terminated, self._truncated, self._info()
         ep, action = self._episode, pending.action
@@ -340,11 +384,14 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             return self._finish(truncated=False, kind="answer")
         if action.kind == "tool_call":
             found = iter(results)
-            contents = [
-                self._record_call(c.preference, next(found)) if c.runs else self._failed_call(c.error)
-                for c in action.calls
-            ]
-            ep.n_failed_calls += sum(not c.runs for c in action.calls)
+            contents = []
+            for c in action.calls:
+                ids = next(found) if c.runs else None
+                if ids is None:
+                    ep.n_failed_calls += 1
+                    contents.append(self._failed_call(c.error or RETRIEVAL_FAILED))
+                else:
+                    contents.append(self._record_call(c.preference, ids))
         else:  # malformed: a one-line hint, not protocol text (see the module docstring)
             contents = [self._hint(action)]
         if self.chat:
@@ -373,7 +420,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
 
     def run_tool(self, preference: Any) -> str:
         """Run one tool call of the live chat episode now (a tool-calling framework executes it); returns the tool
-        result the policy reads. Past `max_tool_calls` nothing runs and `finish` truncates the episode."""
+        result the policy reads (an error result when the call cannot run or the retriever fails on it). Past
+        `max_tool_calls` nothing runs and `finish` truncates the episode."""
         if not self.chat:
             raise ValueError("run_tool serves the chat codec: build the env with protocol='chat'")
         if self._episode is None:
@@ -387,20 +435,26 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             self._limit = "max_tool_calls"
             return f"No more tool calls (at most {self.config.max_tool_calls}): write the final answer."
         request_step = PendingStep(queries=(request.preference,), history=self._episode.history)
-        found = serve(self.retriever, self.config, [request_step])
-        return self._record_call(request.preference, found[0][0])
+        ids = serve(self.retriever, self.config, [request_step])[0][0]
+        if ids is None:
+            return self._failed_call(RETRIEVAL_FAILED)
+        return self._record_call(request.preference, ids)
 
     def finish(self, messages: Sequence[Mapping[str, Any]]) -> tuple[float, dict]:
         """End the live chat episode with the conversation the framework recorded after the prompt (assistant
         messages, structured tool calls included, and the tool messages with `run_tool`'s results) and score it:
         (reward, final info). The last assistant message without tool calls is the answer; without one the episode is
-        truncated as unanswered."""
+        truncated as unanswered. Assistant messages are cleaned as `step` cleans them."""
         if self._episode is None:
             raise RuntimeError("call reset() before finish()")
         if self.done:
             return 0.0, self._info() | {"deeprec": self._episode}
         ep = self._episode
-        ep.transcript = [dict(m) for m in messages if isinstance(m, Mapping) and m.get("role") in ("assistant", "tool")]
+        ep.transcript = [
+            clean_value(m) if m.get("role") == "assistant" else dict(m)
+            for m in messages
+            if isinstance(m, Mapping) and m.get("role") in ("assistant", "tool")
+        ]
         ep.tool_calls = self._seen_calls(ep.transcript)
         assistant = [m for m in ep.transcript if m["role"] == "assistant"]
         ep.n_turns = len(assistant)
@@ -480,7 +534,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         ep = self._episode
         ep.truncated, ep.truncated_by = truncated, reason
         prompt_and_transcript = [*self._prompt, *ep.transcript] if self.chat else self._prompt + ep.transcript
-        ep.format_problems = tuple(format_problems(prompt_and_transcript, len(ep.tool_calls), ep.rec_k, self.codec))
+        problems = format_problems(prompt_and_transcript, ep.answer_lines, len(ep.tool_calls), ep.rec_k, self.codec)
+        ep.format_problems = tuple(problems)
         if self.reward_fn is not None:
             breakdown = self.reward_fn(ep)
             ep.reward_total = float(breakdown.total)

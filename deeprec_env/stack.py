@@ -184,11 +184,13 @@ class Stack:
 
 
 def bind_reward(node: Any, stack: Stack) -> BoundReward:
-    """The reward of a `reward` config node with its context (encoder, item text and TRM item vectors) bound."""
+    """The reward of a `reward` config node with its context bound: the encoder, item text embeddings, TRM item
+    vectors, item aspects and the title matcher (to tell a query that names an item)."""
     import numpy as np
     import torch
 
     from deeprec_env.text import item_text_embeddings
+    from deeprec_env.trm.queries import aspect_table
     from rewards import RewardContext, build_reward, load_reward_config
 
     with torch.inference_mode():
@@ -197,7 +199,13 @@ def bind_reward(node: Any, stack: Stack) -> BoundReward:
     vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
     vectors[0] = 0.0
     item_text = item_text_embeddings(stack.dataset, stack.encoder, stack.root)
-    context = RewardContext(encoder=stack.encoder, item_text=np.asarray(item_text, np.float32), item_vectors=vectors)
+    context = RewardContext(
+        encoder=stack.encoder,
+        item_text=np.asarray(item_text, np.float32),
+        item_vectors=vectors,
+        item_aspects=aspect_table(stack.dataset),
+        names_item=stack.matcher.names_item,
+    )
     config = load_reward_config(node)
     return BoundReward(build_reward(config), context, config)
 

@@ -4,6 +4,11 @@
 line rather than in the middle of a run. `encode` returns L2-normalised float32 rows; the empty string (after
 strip) is the "no query" marker and maps to an all-zero row without reaching the model. Texts are deduplicated
 within a call and kept in an in-memory LRU cache across calls.
+
+A padded batch rounds differently from one text alone, so with the cache (queries, preferences) each new text is
+encoded on its own: its vector never depends on the texts it came with, and retrieval and rewards do not depend on
+how episodes are batched. Bulk encodings that are computed once and stored (item cards, the TRM's query bank) pass
+`use_cache=False` and are encoded in batches.
 """
 
 from __future__ import annotations
@@ -131,7 +136,8 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], *, use_cache: bool = True, progress: bool = False) -> np.ndarray:
         """float32 (len(texts), dim), rows L2-normalised; "" (after strip) -> zeros. Each distinct text is
-        encoded at most once per call, and (with `use_cache`) not at all when it is in the LRU cache."""
+        encoded at most once per call. With `use_cache`, a text in the LRU cache is not encoded at all and a new one
+        is encoded on its own (see the module docstring); without, the texts are encoded in batches."""
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of strings, not a single string")
         keys = [str(t).strip() for t in texts]
@@ -149,7 +155,7 @@ class TextEncoder:
                 self._cache.move_to_end(key)
                 out[where] = hit
         missing.sort(key=len)  # similar lengths per batch: less padding (the model sorts only within a call)
-        chunk = self.config.batch_size * 8
+        chunk = 1 if use_cache else self.config.batch_size * 8
         starts = range(0, len(missing), chunk)
         with progress_bar(
             total=len(missing), desc="encoding texts", disable=not progress or len(missing) <= chunk

@@ -1,8 +1,10 @@
 """`DeepRecVectorEnv`: many `DeepRecEnv` episodes stepped together as a `gymnasium.vector.VectorEnv`.
 
 The sub-envs share one dataset, retriever, reward and title matcher; every `step` serves all their tool calls with ONE
-batched retriever call. Observations are tuples of strings, rewards, terminations and truncations numpy arrays, and
-infos Gymnasium's dict of arrays with `_key` masks (`unbatch_info` gives one env's info back).
+batched retriever call (a query the retriever fails on fails only its own tool call: `deeprec_env.env.serve`), and
+a sub-env's results never depend on the others'. Observations are tuples of strings, rewards, terminations and
+truncations numpy arrays, and infos Gymnasium's dict of arrays with `_key` masks (`unbatch_info` gives one env's info
+back).
 
 Autoreset follows Gymnasium 1.x (`metadata["autoreset_mode"]`, chosen with `autoreset_mode=`): NEXT_STEP (the
 default: the step after an episode ends resets that sub-env and ignores its action), SAME_STEP (the ending step

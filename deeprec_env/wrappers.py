@@ -4,13 +4,13 @@
   as the env's own limits end and score it, so a time limit never leaves an episode unscored. `gymnasium.make`
   applies it outside its `TimeLimit`; apply it yourself outside a `TimeLimit` you add.
 * `PerTurnReward`: pays the reward's process-level terms (format, tool use, query diversity) as they are earned and the
-  rest when the episode ends; the per-step rewards sum exactly to the episode's total.
+  rest when the episode ends, however it ends; the per-step rewards sum exactly to the episode's total for rewards
+  whose terms lie on `rewards.HierarchicalReward`'s grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import gymnasium
@@ -28,22 +28,11 @@ class ScoreTruncated(gymnasium.Wrapper, RecordConstructorArgs):
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        inner = self.env.unwrapped
-        if truncated and not inner.done:
-            final_reward, final_info = inner.end(TIME_LIMIT)
+        if truncated and not self.env.unwrapped.done:
+            # the nearest `end` inside: a PerTurnReward's pays what it has not paid, the env's the total
+            final_reward, final_info = self.env.get_wrapper_attr("end")(TIME_LIMIT)
             reward, info = float(reward) + final_reward, {**info, **final_info}
         return obs, reward, terminated, truncated, info
-
-
-def _exact_remainder(total: float, paid: float) -> float:
-    """r with paid + r == total in floating point (when such an r exists near total - paid)."""
-    rest = total - paid
-    for _ in range(4):
-        got = paid + rest
-        if got == total or not math.isfinite(got):
-            break
-        rest = math.nextafter(rest, math.inf if got < total else -math.inf)
-    return rest
 
 
 class PerTurnReward(gymnasium.Wrapper, RecordConstructorArgs):
@@ -51,7 +40,12 @@ class PerTurnReward(gymnasium.Wrapper, RecordConstructorArgs):
 
     After every step that does not end the episode, the breakdown of the episode so far (with no format problem
     recorded yet) is computed and the change of its process-level terms is paid; the step that ends the episode pays
-    the rest of the total. Terms the reward does not list as "process" count as outcome terms.
+    the rest of the total, and so do `end` and, when the episode was ended around this wrapper (the unwrapped env's
+    `end`), the next step. Terms the reward does not list as "process" count as outcome terms.
+
+    Every payment is a plain difference of sums of terms, so the payments sum to `Episode.reward_total` exactly when
+    those sums are exact: `rewards.HierarchicalReward` rounds every term to a multiple of `rewards.REWARD_QUANTUM`
+    (2**-32) for this. With terms off that grid the sum may differ from the total in the last bits.
     """
 
     def __init__(self, env: gymnasium.Env):
@@ -69,14 +63,24 @@ class PerTurnReward(gymnasium.Wrapper, RecordConstructorArgs):
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if "deeprec" in info:  # the step that ended the episode
-            reward = _exact_remainder(info["deeprec"].reward_total, self._paid)
-        elif terminated or truncated:  # stepped again after the end: nothing more is paid
-            reward = 0.0
+        if self.env.unwrapped.done:  # the step that ended the episode, or any step after it: the rest, once
+            reward = self._pay_rest()
         else:
             reward = self._process_value() - self._paid
-        self._paid += reward
+            self._paid += reward
         return obs, reward, terminated, truncated, info
+
+    def end(self, reason: str = "agent_stopped") -> tuple[float, dict]:
+        """End the current episode now, truncated (`DeepRecEnv.end`), and pay what is left of its total: (reward,
+        final info). An episode that already ended pays only what this wrapper has not paid yet."""
+        _, info = self.env.unwrapped.end(reason)
+        return self._pay_rest(), info
+
+    def _pay_rest(self) -> float:
+        """The episode's total less what was paid; from now on the whole total counts as paid."""
+        total = self.env.unwrapped.episode.reward_total
+        rest, self._paid = total - self._paid, total
+        return rest
 
     def _process_value(self) -> float:
         inner = self.env.unwrapped

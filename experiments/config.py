@@ -62,6 +62,8 @@ class ExperimentConfig(StackConfig):
     agent: Any = "sasrec"  # a name (`experiments.evaluate` lists them), module.Class, or a list of them
     split: str = "test"  # valid | test: the split evaluation reports
     probes_users: int = 200  # users of `experiments.probes`
+    probes_presets: list[str] = field(default_factory=lambda: ["rec", "cold", "rec-paper", "cold-paper"])
+    probes_strict: list[str] = field(default_factory=lambda: ["rec", "cold"])  # every probe must stay below there
     eval: EvalConfig = field(default_factory=EvalConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

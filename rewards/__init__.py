@@ -1,7 +1,7 @@
 """Hierarchical reward for DeepRec episodes: process terms (format, tool use, query diversity) and outcome terms
 (hit + rank, point-wise similarity), combined with weights and a format gate.
 
-    reward = build_reward(cfg.reward)                  # presets: configs/reward/{cold,rec}.yaml
+    reward = build_reward(cfg.reward)                  # presets: configs/reward/{cold,rec,cold-paper,rec-paper}.yaml
     context = RewardContext(encoder, item_text, item_vectors)
     breakdown = reward(episode, context)               # .total, .terms (weighted), .unweighted, .gated
 
@@ -9,11 +9,14 @@ Reads `deeprec_env.episode.Episode` only; never imports agents, TRL or Ray.
 """
 
 from rewards.components import (
+    CALL_RULES,
     LEVELS,
+    CallCounter,
     Component,
     DiversityReward,
     DuplicatePenalty,
     FormatReward,
+    GroundingReward,
     HistoryPenalty,
     HitRankReward,
     InvalidPenalty,
@@ -23,23 +26,30 @@ from rewards.components import (
     PointReward,
     RewardComponent,
     RewardContext,
+    TextVectors,
 )
 from rewards.hierarchical import (
+    REWARD_QUANTUM,
     DiversityConfig,
     ExtraConfig,
     FormatConfig,
     HierarchicalReward,
     HitRankConfig,
+    InformativeConfig,
     InvocationConfig,
     PointConfig,
     RewardBreakdown,
     RewardConfig,
     build_reward,
     load_reward_config,
+    quantize,
 )
 
 __all__ = [
+    "CALL_RULES",
     "LEVELS",
+    "REWARD_QUANTUM",
+    "CallCounter",
     "Component",
     "DiversityConfig",
     "DiversityReward",
@@ -47,10 +57,12 @@ __all__ = [
     "ExtraConfig",
     "FormatConfig",
     "FormatReward",
+    "GroundingReward",
     "HierarchicalReward",
     "HistoryPenalty",
     "HitRankConfig",
     "HitRankReward",
+    "InformativeConfig",
     "InvalidPenalty",
     "InvocationConfig",
     "InvocationReward",
@@ -62,6 +74,8 @@ __all__ = [
     "RewardComponent",
     "RewardConfig",
     "RewardContext",
+    "TextVectors",
     "build_reward",
     "load_reward_config",
+    "quantize",
 ]

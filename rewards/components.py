@@ -12,6 +12,7 @@ weight 1.0 with the default parameters, and an ablation changes weights only.
 | format            | process | 0 if `episode.format_ok` else -1                                 | {-1, 0}            |
 | invocation        | process | 0.5 * (min(calls, 3) - 1), floor 0                               | [0, 1]             |
 | diversity         | process | 0.2 * (1 - mean pairwise cosine of the preferences), if >= 2     | [0, 0.4]           |
+| grounding         | process | -(1/rec_k) sum_i (1 - g_i), g_i = 1 - best retrieval rank / list | [-1, 0]            |
 | hit_rank          | outcome | 1 + 0.2 * (rec_k - i), target on answer line i (0-based), else 0 | 0 or [1.2, 3]      |
 | point             | outcome | 10 * sum_i w_i sim_i / sum_i w_i, w_i = (1 - i/rec_k)^2          | [0, 10]            |
 | ndcg              | outcome | 1 / log2(p + 2), target at p in `ranked_ids`, else 0 (extra)     | [0, 1]             |
@@ -19,11 +20,16 @@ weight 1.0 with the default parameters, and an ablation changes weights only.
 | duplicate_penalty | process | -n_duplicate / rec_k (extra)                                     | <= 0               |
 | history_penalty   | outcome | -(share of valid answer items in the history) (extra)            | [-1, 0]            |
 
-`calls` and the preferences are the executed tool calls whose preference is non-empty after `strip()`.
+`calls` and the preferences are the executed tool calls that count under the component's `calls` rule: "all" (the
+paper), "non_empty" (a letter or digit in the preference) or "informative" (`informative_preferences`: the call names
+no catalogue item and states an aspect of the user's history that no earlier counted call stated).
 
 Guard rails against reward hacking (docs/rewards.md; the probe each one answers in brackets):
-- invocation counts only non-empty preferences and is capped at `cap` calls [calling the tool endlessly; empty calls].
-- diversity ignores empty preferences, whose all-zero embedding would look maximally diverse [empty calls].
+- invocation and diversity count informative calls only [calling the tool endlessly; empty or invisible queries;
+  identical queries; nonsense, single title words, fixed words for every user, copied history titles], and
+  invocation is capped at `cap` calls.
+- grounding pays for answering what the tool found, by the tool's own ranking [popular titles for everyone; history
+  items; re-ranking the found pool by similarity].
 - point scores invalid lines (None, id <= 0) and repeated items 0, even if the env did not mark a repeat, so a
   repeated title cannot multiply similarity [repeating one item; junk answers]. Its weights are normalised over all
   `rec_k` slots rather than over the lines given, so a short answer cannot turn one good item into a high mean
@@ -38,7 +44,8 @@ Guard rails against reward hacking (docs/rewards.md; the probe each one answers 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -55,14 +62,21 @@ class RewardContext:
     """What model-based components need, built once per run and passed to every call.
 
     encoder: object with `.encode(list[str]) -> np.ndarray` of L2-normalised rows ("" -> zeros), e.g.
-        `deeprec_env.text.TextEncoder`; needed by `diversity` only.
+        `deeprec_env.text.TextEncoder`; needed by `diversity` and by informative-call counting.
     item_text: (n_items + 1, d) L2-normalised item text embeddings, row 0 zeros; needed by `point`.
     item_vectors: (n_items + 1, h) L2-normalised TRM item embeddings, row 0 zeros; needed by `point`.
+    item_aspects: per item id (row 0 empty), the item's aspects in lower case (`deeprec_env.trm.queries.item_aspects`:
+        genres or categories, era, decade; title keywords, platforms, kinds where a catalogue has no categories);
+        needed by informative-call counting.
+    names_item: text -> whether it names a catalogue item (e.g. `TitleMatcher.match(text) is not None`); needed by
+        informative-call counting.
     """
 
     encoder: Any = None
     item_text: np.ndarray | None = None
     item_vectors: np.ndarray | None = None
+    item_aspects: Sequence[Sequence[str]] | None = None
+    names_item: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         for name in ("item_text", "item_vectors"):
@@ -111,9 +125,104 @@ class Component:
         return f"{type(self).__name__}({params})"
 
 
-def _preferences(episode: Episode) -> list[str]:
-    """Preferences of the executed tool calls, stripped, empty ones dropped."""
-    return [p for p in (call.preference.strip() for call in episode.tool_calls) if p]
+CALL_RULES = ("all", "non_empty", "informative")
+_PHRASE_SPLIT = re.compile(r"[;,\n]")
+
+
+class TextVectors:
+    """Sentence embeddings of short texts, cached per string (the same preferences and aspects recur across a group
+    of rollouts): dropped when the context's encoder changes and trimmed oldest-first past `size` strings."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = int(size)
+        self._cache: dict[str, np.ndarray] = {}
+        self._encoder: Any = None
+
+    def __call__(self, texts: Sequence[str], context: RewardContext) -> np.ndarray:
+        """(len(texts), d) L2-normalised float64 rows ("" -> zeros)."""
+        if context.encoder is None:
+            raise ValueError(
+                "this reward needs RewardContext.encoder (e.g. deeprec_env.text.TextEncoder); pass one, or set the "
+                "weights of diversity and of informative-call counting to 0"
+            )
+        if context.encoder is not self._encoder:
+            self._cache.clear()
+            self._encoder = context.encoder
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            vectors = np.asarray(context.encoder.encode(missing), dtype=np.float64).reshape(len(missing), -1)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
+            self._cache.update(zip(missing, vectors, strict=True))
+            while len(self._cache) > self.size:
+                self._cache.pop(next(iter(self._cache)))
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0))
+
+
+class CallCounter:
+    """Which executed tool calls count, under a rule of `CALL_RULES` (shared by `invocation` and `diversity`).
+
+    "informative": a call counts when its preference (cleaned by the environment) names no catalogue item (neither
+    the whole text nor any of its ';' / ',' separated phrases: `RewardContext.names_item`) and states at least one
+    aspect of the user's whole history (`RewardContext.item_aspects` of the history items) that no earlier counted
+    call stated. A phrase states an aspect when the aspect appears in it as whole words, or when their embeddings
+    are within cosine `aspect_similarity` (synonyms: "science fiction" for "sci-fi"). So a query must say something
+    about this user that the earlier ones did not: empty, invisible, nonsense, generic and repeated queries, single
+    title words and copied titles do not count.
+    """
+
+    def __init__(self, aspect_similarity: float = 0.7, vectors: TextVectors | None = None) -> None:
+        if not 0 < aspect_similarity <= 1:
+            raise ValueError(f"aspect_similarity must be in (0, 1], got {aspect_similarity}")
+        self.aspect_similarity = float(aspect_similarity)
+        self.vectors = vectors if vectors is not None else TextVectors()
+        self._last: tuple[Any, tuple[str, ...]] | None = None
+
+    def preferences(self, episode: Episode, context: RewardContext, rule: str) -> list[str]:
+        """The counted calls' preferences, in call order."""
+        executed = [call.preference for call in episode.tool_calls]
+        if rule == "all":
+            return executed
+        stated = [p for p in executed if any(ch.isalnum() for ch in p)]
+        if rule == "non_empty":
+            return stated
+        key = (episode.user, episode.split, len(episode.history), tuple(executed))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, tuple(self._informative(episode, stated, context)))
+        return list(self._last[1])
+
+    def _informative(self, episode: Episode, stated: list[str], context: RewardContext) -> list[str]:
+        if context.item_aspects is None or context.names_item is None:
+            raise ValueError(
+                "counting informative calls needs RewardContext.item_aspects and RewardContext.names_item (the stack "
+                "binds them); or set reward.invocation.calls and reward.diversity.calls to 'non_empty'"
+            )
+        history = np.asarray(episode.history, dtype=np.int64).reshape(-1)
+        aspects = sorted({a for item in history.tolist() for a in context.item_aspects[item] if a})
+        if not aspects or not stated:
+            return []
+        patterns = [re.compile(rf"(?<!\w){re.escape(a)}(?!\w)") for a in aspects]
+        aspect_vectors = self.vectors(aspects, context)
+        counted, covered = [], set()
+        for preference in stated:
+            phrases = [p.strip() for p in _PHRASE_SPLIT.split(preference.casefold()) if p.strip()]
+            if context.names_item(preference) or any(context.names_item(p) for p in phrases):
+                continue
+            text = preference.casefold()
+            found = {a for a, pattern in zip(aspects, patterns, strict=True) if pattern.search(text)}
+            if phrases:
+                close = self.vectors(phrases, context) @ aspect_vectors.T >= self.aspect_similarity
+                found |= {aspects[j] for j in np.flatnonzero(close.any(axis=0))}
+            if found - covered:
+                covered |= found
+                counted.append(preference)
+        return counted
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in CALL_RULES:
+        raise ValueError(f"unknown calls rule {rule!r}; use one of {CALL_RULES}")
+    return rule
 
 
 class FormatReward(Component):
@@ -132,102 +241,81 @@ class FormatReward(Component):
 
 class InvocationReward(Component):
     """`base * (min(calls, cap) - 1)`, floor 0 (paper: recall_num_base 0.5, recall_num_max 3): 1 call 0, 2 calls
-    0.5, 3 or more 1.0. Only calls with a non-empty preference count [guards: endless calls, empty calls]."""
+    0.5, 3 or more 1.0. `calls` counts the executed calls under `rule` (`CallCounter`; the paper's: "all")."""
 
     name = "invocation"
     level = "process"
 
-    def __init__(self, weight: float = 1.0, base: float = 0.5, cap: int = 3) -> None:
+    def __init__(
+        self, weight: float = 1.0, base: float = 0.5, cap: int = 3, rule: str = "informative", counter=None
+    ) -> None:
         super().__init__(weight)
         if int(cap) != cap or cap < 1:
             raise ValueError(f"invocation.cap must be an integer >= 1, got {cap}")
         self.base = float(base)
         self.cap = int(cap)
+        self.rule = _check_rule(rule)
+        self._counter = counter if counter is not None else CallCounter()
 
     def __call__(self, episode: Episode, context: RewardContext) -> float:
-        calls = len(_preferences(episode))
+        calls = len(self._counter.preferences(episode, context, self.rule))
         return self.base * max(min(calls, self.cap) - 1, 0)
 
 
 class DiversityReward(Component):
-    """`scale * (1 - mean pairwise cosine)` of the non-empty preference texts' embeddings when there are >= 2, else 0
-    (paper: diversity_base 0.2; mean over the upper triangle, repeats included, so repeating a query lowers it).
-
-    Relevance gate (not in the paper; `relevance_threshold` 0 turns it off): only preferences whose embedding has
-    cosine >= the threshold with at least one of the user's last `relevance_items` history item texts count, so
-    nonsense queries, which are maximally "diverse", earn nothing (probe: diverse gibberish). Needs
-    `RewardContext.item_text`.
-
-    Encodings are cached per string (the same preferences recur across a group of rollouts); the cache is dropped
-    when the context's encoder changes and trimmed oldest-first past `cache_size` strings."""
+    """`scale * (1 - mean pairwise cosine)` of the counted calls' preference embeddings when there are >= 2, else 0
+    (paper: diversity_base 0.2, every call; mean over the upper triangle, so repeating a query lowers it). Calls
+    count under `rule` (`CallCounter`); with "informative", nonsense and off-user queries, which are maximally
+    "diverse", earn nothing."""
 
     name = "diversity"
     level = "process"
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        scale: float = 0.2,
-        relevance_threshold: float = 0.0,
-        relevance_items: int = 20,
-        cache_size: int = 100_000,
-    ) -> None:
+    def __init__(self, weight: float = 1.0, scale: float = 0.2, rule: str = "informative", counter=None) -> None:
         super().__init__(weight)
         self.scale = float(scale)
-        self.relevance_threshold = float(relevance_threshold)
-        self.relevance_items = int(relevance_items)
-        self._cache_size = int(cache_size)
-        self._cache: dict[str, np.ndarray] = {}
-        self._encoder: Any = None
-
-    def _encode(self, texts: Sequence[str], context: RewardContext) -> None:
-        if context.encoder is None:
-            raise ValueError(
-                "the diversity reward needs RewardContext.encoder (e.g. deeprec_env.text.TextEncoder); "
-                "pass one or set reward.diversity.weight=0"
-            )
-        if context.encoder is not self._encoder:
-            self._cache.clear()
-            self._encoder = context.encoder
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if not missing:
-            return
-        vectors = np.asarray(context.encoder.encode(missing), dtype=np.float64).reshape(len(missing), -1)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0)
-        for text, vector in zip(missing, vectors, strict=True):
-            self._cache[text] = vector
-        while len(self._cache) > self._cache_size:
-            self._cache.pop(next(iter(self._cache)))
+        self.rule = _check_rule(rule)
+        self._counter = counter if counter is not None else CallCounter()
 
     def prepare(self, episodes: Sequence[Episode], context: RewardContext) -> None:
-        texts = [p for e in episodes if len(prefs := _preferences(e)) >= 2 for p in prefs]
+        texts = [call.preference for e in episodes for call in e.tool_calls]
         if texts:
-            self._encode(texts, context)
+            self._counter.vectors(texts, context)
 
     def __call__(self, episode: Episode, context: RewardContext) -> float:
-        prefs = _preferences(episode)
+        prefs = self._counter.preferences(episode, context, self.rule)
         if len(prefs) < 2:
             return 0.0
-        if context.encoder is not self._encoder or any(p not in self._cache for p in prefs):
-            self._encode(prefs, context)
-        vectors = np.stack([self._cache[p] for p in prefs])
-        if self.relevance_threshold > 0:
-            if context.item_text is None:
-                raise ValueError(
-                    "the diversity relevance gate needs RewardContext.item_text; or set "
-                    "reward.diversity.relevance_threshold=0"
-                )
-            history = np.asarray(episode.history, dtype=np.int64)[-self.relevance_items :]
-            if len(history) == 0:
-                return 0.0
-            relevance = (vectors @ np.asarray(context.item_text, np.float64)[history].T).max(axis=1)
-            vectors = vectors[relevance >= self.relevance_threshold]
-            if len(vectors) < 2:
-                return 0.0
+        vectors = self._counter.vectors(prefs, context)
         upper = np.triu_indices(len(vectors), k=1)
         mean_cosine = float(np.clip((vectors @ vectors.T)[upper].mean(), -1.0, 1.0))
         return self.scale * (1.0 - mean_cosine)
+
+
+class GroundingReward(Component):
+    """`-(1/rec_k) * sum_i (1 - g_i)` over the answer slots i = 0..rec_k-1, with `g_i = 1 - r / n` for the item on
+    line i when a tool call of the episode returned it at 0-based rank r of its n results (the best such rank), and
+    g_i = 0 for a missing, invalid or repeated line or an item no call returned. 0 would be an answer of rank-1
+    items only; the value measures how closely the answer follows what the tool found and how it ranked it [popular
+    titles for everyone; history items; re-ranking the found pool by similarity]. Extra, off by default."""
+
+    name = "grounding"
+    level = "process"
+
+    def __call__(self, episode: Episode, context: RewardContext) -> float:
+        evidence: dict[int, float] = {}
+        for call in episode.tool_calls:
+            n = len(call.item_ids)
+            for rank, item in enumerate(call.item_ids):
+                evidence[item] = max(evidence.get(item, 0.0), 1.0 - rank / n)
+        seen: set[int] = set()
+        total = 0.0
+        for item in episode.answer_ids[: episode.rec_k]:
+            if item is None or item <= 0 or item in seen:
+                continue
+            seen.add(item)
+            total += evidence.get(item, 0.0)
+        return total / max(episode.rec_k, 1) - 1.0
 
 
 class HitRankReward(Component):

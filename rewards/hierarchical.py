@@ -4,12 +4,15 @@ total = sum over components c of c.weight * c(episode), where
 - a component with weight 0 is not computed (its term is 0.0), so a disabled model-based term costs nothing;
 - with `format_gate`, outcome-level components count only when the episode's format is valid (they are not
   computed otherwise); process-level components always count, as in the paper (invocation and diversity are not
-  gated).
+  gated);
+- every weighted term is rounded to a multiple of `REWARD_QUANTUM` (2**-32), so any sum of terms, in any order, is
+  exact in float64: the per-turn payments of `deeprec_env.wrappers.PerTurnReward` add up to `total` bit for bit.
 
 Config: `RewardConfig` holds one sub-config per component (its `weight` plus the paper's parameters) and
-`format_gate`. The presets are configs/reward/cold.yaml (stage 1: format + invocation + diversity) and
-configs/reward/rec.yaml (stage 2: format + hit_rank + point); any field can be overridden from the command line,
-e.g. `reward=rec reward.point.weight=0`. `load_reward_config(node)` turns such a node into a validated
+`format_gate`. The presets are configs/reward/cold.yaml (stage 1: process terms only), configs/reward/rec.yaml (stage 2:
+outcome terms first, process terms at a quarter weight) and the paper's own formulas, cold-paper.yaml and
+rec-paper.yaml (docs/rewards.md); any field can be overridden from the command line, e.g. `reward=rec
+reward.point.weight=0`. `load_reward_config(node)` turns such a node into a validated
 `RewardConfig`, `build_reward(config)` builds the reward.
 """
 
@@ -23,9 +26,11 @@ from typing import Any
 from deeprec_env.episode import Episode
 from rewards.components import (
     LEVELS,
+    CallCounter,
     DiversityReward,
     DuplicatePenalty,
     FormatReward,
+    GroundingReward,
     HistoryPenalty,
     HitRankReward,
     InvalidPenalty,
@@ -36,6 +41,13 @@ from rewards.components import (
     RewardComponent,
     RewardContext,
 )
+
+REWARD_QUANTUM = 2.0**-32  # terms are multiples of this; sums of them are exact below 2**20 in magnitude
+
+
+def quantize(value: float) -> float:
+    """`value` rounded to the nearest multiple of `REWARD_QUANTUM`."""
+    return round(value / REWARD_QUANTUM) * REWARD_QUANTUM
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ class HierarchicalReward:
             if not math.isfinite(value):
                 raise ValueError(f"reward component {c.name!r} returned {value} for user {episode.user}")
             unweighted[c.name] = value
-            terms[c.name] = c.weight * value if value else 0.0
+            terms[c.name] = quantize(c.weight * value) if value else 0.0
         return RewardBreakdown(total=float(sum(terms.values())), terms=terms, unweighted=unweighted, gated=gated)
 
     def batch(self, episodes: Sequence[Episode], context: RewardContext | None = None) -> list[RewardBreakdown]:
@@ -137,14 +149,21 @@ class InvocationConfig:
     weight: float = 1.0
     base: float = 0.5  # per call beyond the first (paper: recall_num_base)
     cap: int = 3  # calls beyond this earn nothing (paper: recall_num_max)
+    calls: str = "informative"  # which calls count: informative | non_empty | all (the paper's)
 
 
 @dataclass
 class DiversityConfig:
     weight: float = 1.0
     scale: float = 0.2  # paper: diversity_base
-    relevance_threshold: float = 0.25  # a preference counts only if this close to a history item (0: the paper's)
-    relevance_items: int = 20
+    calls: str = "informative"  # whose preferences count: informative | non_empty | all (the paper's)
+
+
+@dataclass
+class InformativeConfig:
+    """How informative calls are recognised (`rewards.components.CallCounter`)."""
+
+    aspect_similarity: float = 0.7  # a phrase this close to an aspect of the user's history states it
 
 
 @dataclass
@@ -169,14 +188,16 @@ class ExtraConfig:
 
 @dataclass
 class RewardConfig:
-    """Every component's weight and parameters. The defaults are the paper's six terms all on (weight 1), the
-    guards on and the extras off; the presets (configs/reward/*.yaml) switch terms off for each stage."""
+    """Every component's weight and parameters. The defaults are the paper's six terms all on (weight 1) with the
+    guards on and the extras off; the presets (configs/reward/*.yaml) choose the terms and weights of each stage."""
 
     name: str = "custom"
     format_gate: bool = True
+    informative: InformativeConfig = field(default_factory=InformativeConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     invocation: InvocationConfig = field(default_factory=InvocationConfig)
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    grounding: ExtraConfig = field(default_factory=ExtraConfig)
     hit_rank: HitRankConfig = field(default_factory=HitRankConfig)
     point: PointConfig = field(default_factory=PointConfig)
     ndcg: ExtraConfig = field(default_factory=ExtraConfig)
@@ -208,15 +229,14 @@ def build_reward(config: RewardConfig | Mapping[str, Any] | Any = None) -> Hiera
     """The `HierarchicalReward` of a config (a `RewardConfig`, an OmegaConf node or a mapping; None -> defaults).
     Components come in a fixed order and all are present, so logged keys do not change between presets."""
     c = load_reward_config(config)
+    counter = CallCounter(c.informative.aspect_similarity)
     components: list[RewardComponent] = [
         FormatReward(c.format.weight, error=c.format.error),
-        InvocationReward(c.invocation.weight, base=c.invocation.base, cap=c.invocation.cap),
-        DiversityReward(
-            c.diversity.weight,
-            scale=c.diversity.scale,
-            relevance_threshold=c.diversity.relevance_threshold,
-            relevance_items=c.diversity.relevance_items,
+        InvocationReward(
+            c.invocation.weight, base=c.invocation.base, cap=c.invocation.cap, rule=c.invocation.calls, counter=counter
         ),
+        DiversityReward(c.diversity.weight, scale=c.diversity.scale, rule=c.diversity.calls, counter=counter),
+        GroundingReward(c.grounding.weight),
         HitRankReward(c.hit_rank.weight, correct=c.hit_rank.correct, linear=c.hit_rank.linear),
         PointReward(
             c.point.weight,

@@ -11,13 +11,15 @@ from deeprec_env.data.source import DatasetConfig, SyntheticConfig, data_roots, 
 
 class HashEncoder:
     """Deterministic across processes: each word maps to a fixed random vector (seeded by its CRC32); a text is
-    the normalised sum of its words' vectors; the empty string is the zero vector. Counts its calls."""
+    the normalised sum of its words' vectors; the empty string is the zero vector. Counts its calls. Like
+    `TextEncoder` it raises on an unpaired surrogate (a word's UTF-8 bytes are hashed). `use_cache` is accepted as
+    `TextEncoder.encode` takes it (nothing is cached)."""
 
     def __init__(self, dim: int = 8):
         self.dim = dim
         self.calls: list[list[str]] = []
 
-    def encode(self, texts):
+    def encode(self, texts, use_cache: bool = True):
         self.calls.append(list(texts))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for row, text in enumerate(texts):
@@ -55,6 +57,7 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
     from deeprec_env.protocol import TitleMatcher
     from deeprec_env.stack import BoundReward, Stack
     from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+    from deeprec_env.trm.queries import aspect_table
     from deeprec_env.trm.retriever import InProcessRetriever
     from rewards import RewardContext, build_reward
 
@@ -68,7 +71,13 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
     if reward_node is not None:
         unit = torch.nn.functional.normalize(item_text, dim=1).numpy()
         vectors = torch.nn.functional.normalize(model.item_vectors().detach(), dim=1).numpy()
-        context = RewardContext(encoder=encoder, item_text=unit, item_vectors=vectors)
+        context = RewardContext(
+            encoder=encoder,
+            item_text=unit,
+            item_vectors=vectors,
+            item_aspects=aspect_table(dataset),
+            names_item=TitleMatcher(dataset).names_item,
+        )
         reward = BoundReward(build_reward(reward_node), context)
     return Stack(
         config or StackConfig(),

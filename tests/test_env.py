@@ -1,9 +1,13 @@
 """DeepRecEnv / DeepRecVectorEnv: the Gymnasium API and its wrappers, the scripted protocol for both codecs, limits,
-fuzzing, reward timing, framework-driven episodes, batched retrieval and registration."""
+fuzzing, any unicode end to end (step, the vector env, the GRPO reward path), failing retrievals, the format check of
+what the env parsed, reward timing on every ending path, framework-driven episodes, batched retrieval that does not
+depend on the batch, and registration."""
 
 import json
+import logging
 import math
 import time
+import unicodedata
 from types import SimpleNamespace
 
 import gymnasium
@@ -13,11 +17,13 @@ import torch
 from fakes import HashEncoder, synthetic_config
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import RecordEpisodeStatistics, TimeLimit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import deeprec_env  # noqa: F401  (registers deeprec/DeepRec-v0)
 from agents.baselines import ScriptedAgent
+from agents.rollout import rollout
+from agents.training.grpo import DeepRecToolEnv, component_rewards
 from deeprec_env.data.source import load_dataset
 from deeprec_env.env import DeepRecEnv, EnvConfig
 from deeprec_env.protocol import (
@@ -25,6 +31,7 @@ from deeprec_env.protocol import (
     ITEMS_OPEN,
     PREF_CLOSE,
     PREF_OPEN,
+    PROBLEM_NO_ANSWER,
     REC_CLOSE,
     REC_OPEN,
     THINK_CLOSE,
@@ -35,13 +42,17 @@ from deeprec_env.protocol import (
     TOOL_SCHEMA,
     ChatCodec,
     TagsCodec,
+    normalize_preference,
     structured_call,
 )
+from deeprec_env.protocol.text import blocks
 from deeprec_env.spaces import TextSpace
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
+from deeprec_env.trm.queries import item_aspects
 from deeprec_env.trm.retriever import InProcessRetriever
 from deeprec_env.vector import DeepRecVectorEnv, unbatch_info
 from deeprec_env.wrappers import PerTurnReward, ScoreTruncated
+from rewards import quantize
 
 TEXT_DIM = 8
 TAGS, CHAT = TagsCodec(), ChatCodec()
@@ -353,6 +364,11 @@ def test_non_string_actions_are_coerced(dataset, retriever):
     for action in (None, 42, b"\xff", ["a", PREF_OPEN], Unprintable()):
         obs, r, term, trunc, info = env.step(action)
         assert isinstance(obs, str) and info["action"] == "malformed"
+    env = make_env(dataset, retriever, protocol="chat")
+    env.reset(seed=0)
+    for message in ({"content": Unprintable()}, {"content": [Unprintable(), {"text": 5}]}, {"content": ["a", None]}):
+        obs, r, term, trunc, info = env.step(message)
+        assert isinstance(obs, str) and info["action"] == "malformed"
 
 
 def test_step_before_reset_is_a_clear_error(dataset, retriever):
@@ -470,14 +486,216 @@ def test_arbitrary_text_never_raises(fuzz_envs, protocol, segments):
             assert info["deeprec"].n_turns <= env.unwrapped.config.max_turns
 
 
+# --- any text, end to end -----------------------------------------------------------------------------------
+
+# Any code point, unpaired surrogates and invisible and control characters included; the explicit examples are a
+# lone high surrogate (what the JSON escape "\\ud83d" decodes to), a zero-width space and a word joiner.
+ANY_TEXT = st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=30),
+    st.text(alphabet=st.characters(categories=["Cs", "Cf", "Cc"]), max_size=10),
+    st.lists(st.sampled_from(["\ud83d", "\u200b", "\u2060", "\ufeff", "\x00", "\r", "jazz", " ", ";"]), max_size=8).map(
+        "".join
+    ),
+)
+EXAMPLES = ["\ud83d", "\u200b", "\u2060", "jazz \ud83d\u200b; blues\r\n"]
+
+
+class EncodingReward(FakeReward):
+    """FakeReward that also embeds the preferences and answer lines, as the diversity reward embeds preferences,
+    with a hash encoder (which, like a tokenizer, raises on an unpaired surrogate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = HashEncoder(TEXT_DIM)
+
+    def __call__(self, episode):
+        self.encoder.encode([*episode.preferences, *(episode.answer_lines or ())])
+        return super().__call__(episode)
+
+
+def is_clean(text: str) -> bool:
+    """No unpaired surrogate, format character or control character other than newline and tab."""
+    categories = [(unicodedata.category(c), c) for c in text]
+    return not any(cat in ("Cs", "Cf") or (cat == "Cc" and c not in "\n\t") for cat, c in categories)
+
+
+def calls_holding(protocol: str, text: str) -> list:
+    """A tool call with `text` as its preference in every form an agent can write one."""
+    if protocol == "tags":
+        return [TAGS.render_tool_call(text)]
+    payload = {"name": "retrieve", "arguments": {"preference": text}}
+    as_json_string = {
+        "type": "function",
+        "function": {"name": "retrieve", "arguments": json.dumps(payload["arguments"])},
+    }
+    return [
+        CHAT.render_tool_call(text),  # the raw characters inside the JSON
+        f"{TOOL_CALL_OPEN}{json.dumps(payload)}{TOOL_CALL_CLOSE}",  # ASCII JSON: a surrogate as its escape
+        {"role": "assistant", "content": text, "tool_calls": [structured_call(text)]},
+        {"role": "assistant", "content": text, "tool_calls": [as_json_string]},
+    ]
+
+
+def answer_holding(protocol: str, text: str) -> str:
+    close = f"{THINK_CLOSE}\n" if protocol == "tags" else ""
+    return f"{text}\n{close}{(TAGS if protocol == 'tags' else CHAT).render_answer([text, 'Coyote Showdown'])}"
+
+
+def assert_readable(episode) -> None:
+    """Every string the episode keeps can be written as UTF-8 (a tokenizer, a log or a file can take it)."""
+    json.dumps([episode.transcript, episode.preferences, episode.answer_lines], ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT)
+@example(text=EXAMPLES[0])
+@example(text=EXAMPLES[1])
+@example(text=EXAMPLES[2])
+@example(text=EXAMPLES[3])
+def test_any_unicode_is_safe_through_step(dataset, retriever, protocol, text):
+    """Every form of tool call and an answer holding any text: the call runs (its retrieval never fails), the kept
+    text is clean, and a preference that shows nothing is the empty query."""
+    env = make_env(dataset, retriever, EncodingReward(), protocol=protocol)
+    for action in calls_holding(protocol, text):
+        env.reset(seed=0)
+        obs, r, term, trunc, info = env.step(action)
+        assert info["action"] == "tool_call" and env.episode.n_failed_calls == 0 and not (term or trunc)
+        (made,) = env.episode.tool_calls
+        assert is_clean(made.preference) and len(made.item_ids) == env.config.recall_k
+        assert (made.preference == "") == (normalize_preference(text) == "")
+        obs, r, term, trunc, info = env.step(answer_holding(protocol, text))
+        assert term and math.isfinite(r) and all(is_clean(line) for line in info["deeprec"].answer_lines)
+        assert_readable(info["deeprec"])
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT)
+@example(text=EXAMPLES[0])
+def test_one_odd_action_leaves_the_other_sub_envs_their_results(dataset, retriever, protocol, text):
+    counting = CountingRetriever(retriever)
+    config = EnvConfig(protocol=protocol)
+    vec = DeepRecVectorEnv(dataset, counting, 3, EncodingReward(), config, autoreset_mode="Disabled")
+    users = [0, 7, 21]
+    vec.reset(options={"users": users, "split": "test"})
+    actions = [call(protocol, "western"), calls_holding(protocol, text)[-1], call(protocol, "cooking")]
+    obs, rewards, term, trunc, infos = vec.step(actions)
+    assert counting.batches == [3] and [env.episode.n_failed_calls for env in vec.envs] == [0, 0, 0]
+    single = make_env(dataset, retriever, EncodingReward(), protocol=protocol)
+    for i, user in enumerate(users):
+        single.reset(options={"user": user, "split": "test"})
+        assert obs[i] == single.step(actions[i])[0] and len(unbatch_info(infos, i)["tool_calls"]) == 1
+    *_, infos = vec.step([answer_holding(protocol, text)] * 3)
+    assert all(term for term in infos["_deeprec"]) and all(is_clean(line) for line in infos["deeprec"][1].answer_lines)
+
+
+class FailingRetriever(CountingRetriever):
+    """Raises for every call that holds a query containing 'boom', as a retriever may for input it cannot take."""
+
+    def retrieve(self, histories, queries, k, exclude_history=True):
+        if any("boom" in q for q in queries):
+            self.batches.append(len(histories))
+            raise RuntimeError("boom")
+        return super().retrieve(histories, queries, k, exclude_history)
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_a_query_the_retriever_fails_on_fails_only_its_own_tool_call(dataset, retriever, protocol, caplog):
+    failing = FailingRetriever(retriever)
+    vec = DeepRecVectorEnv(dataset, failing, 3, FakeReward(), EnvConfig(protocol=protocol), autoreset_mode="Disabled")
+    vec.reset(options={"users": [0, 7, 21], "split": "test"})
+    actions = [call(protocol, "western"), call(protocol, "boom"), call(protocol, "cooking")]
+    with caplog.at_level(logging.WARNING, logger="deeprec_env.env"):
+        obs, rewards, term, trunc, infos = vec.step(actions)
+    assert failing.batches == [3, 1, 1, 1]  # the batch, then each row on its own
+    assert [len(unbatch_info(infos, i)["tool_calls"]) for i in range(3)] == [1, 0, 1]
+    assert [env.episode.n_failed_calls for env in vec.envs] == [0, 1, 0] and not term.any() and not trunc.any()
+    result = obs[1] if protocol == "tags" else json.loads(obs[1])[0]["content"]
+    assert result.startswith("Error: the retriever failed") and "RuntimeError: boom" in caplog.text
+
+    env = make_env(dataset, failing, FakeReward(), protocol="chat")
+    env.reset(seed=0)
+    failed, found = env.run_tool("boom"), env.run_tool("western")
+    assert failed.startswith("Error: the retriever failed") and len(env.episode.tool_calls) == 1
+    _, lines = answer_titles(dataset, env._info())
+    reward, info = env.finish(
+        [
+            {
+                "role": "assistant",
+                "content": "Two.",
+                "tool_calls": [structured_call("boom"), structured_call("western")],
+            },
+            {"role": "tool", "name": "retrieve", "content": failed},
+            {"role": "tool", "name": "retrieve", "content": found},
+            {"role": "assistant", "content": "Ranked.\n" + CHAT.render_answer(lines)},
+        ]
+    )
+    assert info["deeprec"].n_failed_calls == 1 and [c.preference for c in info["deeprec"].tool_calls] == ["western"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT)
+@example(text=EXAMPLES[0])
+@example(text=EXAMPLES[1])
+def test_any_unicode_is_safe_through_the_grpo_reward_path(dataset, retriever, text):
+    """TRL's side: the tool function with any preference, then every component's reward function on a completion
+    holding the text (structured calls, a call in the content, the answer)."""
+    adapter = DeepRecToolEnv(make_env(dataset, retriever, EncodingReward(), protocol="chat"))
+    adapter.reset(user=3, split="train")
+    results = [adapter.retrieve(text), adapter.retrieve(text + " western")]
+    assert all(not r.startswith("Error") for r in results) and adapter.env.episode.n_failed_calls == 0
+    completion = [
+        {
+            "role": "assistant",
+            "content": text,
+            "tool_calls": [structured_call(text), structured_call(text + " western")],
+        },
+        *({"role": "tool", "name": "retrieve", "content": r} for r in results),
+        {"role": "assistant", "content": text + " " + CHAT.render_tool_call(text)},
+        {"role": "assistant", "content": answer_holding("chat", text)},
+    ]
+    rewards = [fn([completion], [adapter])[0] for fn in component_rewards(list(FakeReward.levels))]
+    episode = adapter._finish(completion)
+    assert all(math.isfinite(r) for r in rewards) and len(episode.tool_calls) == 2
+    assert all(is_clean(m.get("content", "")) for m in episode.transcript if m["role"] == "assistant")
+    assert_readable(episode)
+
+
+# --- the format check reads what the env parsed ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+@pytest.mark.parametrize("ending", ["max_turns", "end"])
+def test_an_answer_split_over_segments_never_passes_the_format_check(dataset, retriever, protocol, ending):
+    """Opening tag and lines 1-5 in one segment, lines 6-10 and the closing tag in the next: each segment is
+    malformed, the episode never answered; the joined text holds one well-formed block, and the check still fails."""
+    codec = TAGS if protocol == "tags" else CHAT
+    env = make_env(dataset, retriever, FakeReward(), protocol=protocol, max_turns=3 if ending == "max_turns" else 4)
+    env.reset(seed=0)
+    env.step("Westerns. " + call(protocol, "western"))
+    lines = [f"{i}. {title}" for i, title in enumerate("abcdefghij", start=1)]
+    close = f"{THINK_CLOSE}\n" if protocol == "tags" else ""
+    assert env.step(f"Ranking the pool.\n{close}{REC_OPEN}\n" + "\n".join(lines[:5]))[4]["action"] == "malformed"
+    obs, r, term, trunc, info = env.step("\n".join(lines[5:]) + f"\n{REC_CLOSE}")
+    if ending == "end":
+        assert info["action"] == "malformed" and not trunc
+        r, info = env.end()
+    episode = info["deeprec"]
+    text = codec.solution([*env.prompt, *episode.transcript] if protocol == "chat" else env.prompt + episode.transcript)
+    assert len(blocks(text, REC_OPEN, REC_CLOSE)) == 1  # what a re-parse of the joined text would have accepted
+    assert episode.answer_lines is None and PROBLEM_NO_ANSWER in episode.format_problems and not episode.format_ok
+    assert r == episode.reward_total == 0.5 - 1.0  # one call paid, the format failed
+
+
 # --- reward timing --------------------------------------------------------------------------------------------
 
 
-def scripted(env, dataset, protocol):
+def scripted(env, dataset, protocol, queries=("western", "cooking")):
     codec = TAGS if protocol == "tags" else CHAT
     env.reset(seed=0, options={"user": 11})
     rewards = []
-    for step_text in ("thinking first", codec.render_tool_call("western"), codec.render_tool_call("cooking")):
+    for step_text in ("thinking first", *(codec.render_tool_call(q) for q in queries)):
         _, r, _, _, info = env.step("Reasoning. " + step_text)
         rewards.append(r)
     _, lines = answer_titles(dataset, info)
@@ -498,23 +716,84 @@ def test_per_turn_wrapper_pays_process_terms_early_and_sums_to_terminal(dataset,
     assert info_p["deeprec"].reward_terms == info_t["deeprec"].reward_terms
 
 
-def test_per_turn_sum_is_exact_for_a_truncated_episode(dataset, retriever):
-    class Reward:
-        levels = {"a": "process", "b": "outcome"}
+class GridReward:
+    """Terms off the dyadic grid (tenths, sevenths, thirds), each quantised as `rewards.HierarchicalReward` quantises
+    its terms. Process: `calls` (0.1 per call, at most 3), `spread` (1/7 per distinct preference), `format` (-0.3
+    unless valid); outcome (gated): `listed` (1/3 per valid listed item)."""
 
-        def __call__(self, episode):
-            a = 0.1 * len(episode.tool_calls) + (0.0 if episode.format_ok else -0.3)
-            return SimpleNamespace(total=a + 0.7, terms={"a": a, "b": 0.7})
+    levels = {"calls": "process", "spread": "process", "format": "process", "listed": "outcome"}
 
-    env = PerTurnReward(DeepRecEnv(dataset, retriever, Reward(), EnvConfig(max_tool_calls=3)))
-    env.reset(seed=2)
-    paid = []
-    while True:
-        _, r, term, trunc, info = env.step(call("tags", f"query {len(paid)}"))
-        paid.append(r)
-        if term or trunc:
-            break
-    assert paid[0] == pytest.approx(0.1) and sum(paid) == info["deeprec"].reward_total
+    def __call__(self, episode):
+        ok = episode.format_ok
+        raw = {
+            "calls": 0.1 * min(len(episode.tool_calls), 3),
+            "spread": len(set(episode.preferences)) / 7,
+            "format": 0.0 if ok else -0.3,
+            "listed": len(episode.ranked_ids) / 3 if ok else 0.0,
+        }
+        terms = {name: quantize(value) for name, value in raw.items()}
+        return SimpleNamespace(total=sum(terms.values()), terms=terms)
+
+
+ENDINGS = [
+    "answer",
+    "max_turns",
+    "max_tool_calls",
+    "max_episode_tokens",
+    "time_limit",
+    "time_limit_inside",  # ScoreTruncated(TimeLimit(PerTurnReward(env))): the wrapper's own `end` pays the rest
+    "unwrapped_end",
+    "wrapper_end",
+]
+PLANS = st.lists(st.one_of(st.just(None), st.text(max_size=12)), max_size=6)  # None: a thinking segment
+
+
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+@pytest.mark.parametrize("ending", ENDINGS)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=PLANS)
+def test_per_turn_rewards_sum_exactly_to_the_total_on_every_ending_path(dataset, retriever, protocol, ending, plan):
+    """A scripted prefix of thinking segments and tool calls, then one way to end: the step rewards (and `end`'s)
+    sum to `Episode.reward_total` with ==, and nothing is paid after that."""
+    limits = {"max_turns": len(plan) + 1} if ending == "max_turns" else {}
+    limits |= {"max_tool_calls": max(sum(p is not None for p in plan), 1)} if ending == "max_tool_calls" else {}
+    inner = make_env(dataset, retriever, GridReward(), protocol=protocol, **limits)
+    if ending == "time_limit":
+        env = PerTurnReward(ScoreTruncated(TimeLimit(inner, len(plan) + 1)))
+    elif ending == "time_limit_inside":
+        env = ScoreTruncated(TimeLimit(PerTurnReward(inner), len(plan) + 1))
+    else:
+        env = PerTurnReward(inner)
+    env.reset(seed=len(plan), options={"split": "test"})
+    paid = [env.step("Thinking." if p is None else "Searching. " + call(protocol, p))[1] for p in plan]
+    assert not inner.done
+    close = f"{THINK_CLOSE}\n" if protocol == "tags" else ""
+    final = {
+        "answer": f"Ranked.\n{close}{(TAGS if protocol == 'tags' else CHAT).render_answer(['Coyote Showdown'] * 10)}",
+        "max_turns": "Still thinking.",
+        "max_tool_calls": call(protocol, "one too many"),
+        "max_episode_tokens": "x" * 40_000,
+        "time_limit": "Still thinking.",
+        "time_limit_inside": "Still thinking.",
+    }
+    if ending == "unwrapped_end":
+        inner.end()
+        paid.append(env.step("after the end")[1])  # the first step after an end outside the wrapper pays the rest
+    elif ending == "wrapper_end":
+        paid.append(env.end()[0])
+    else:
+        while not inner.done:  # one step ends it; two for max_tool_calls after a plan without calls
+            paid.append(env.step(final[ending])[1])
+    episode = inner.episode
+    assert episode.truncated_by == {
+        "answer": None,
+        "wrapper_end": "agent_stopped",
+        "unwrapped_end": "agent_stopped",
+    }.get(ending, "time_limit" if ending.startswith("time_limit") else ending)
+    assert sum(paid) == episode.reward_total
+    assert env.step("and again")[1] == 0.0
+    if ending == "wrapper_end":
+        assert env.end()[0] == 0.0
 
 
 # --- framework-driven episodes (TRL) --------------------------------------------------------------------------
@@ -622,6 +901,21 @@ def test_vector_env_autoreset_modes_follow_gymnasium(dataset, retriever):
     assert "deeprec" in infos["final_info"] and infos["final_obs"][0] == ""
 
 
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_results_do_not_depend_on_how_many_envs_run_together(dataset, retriever, protocol):
+    """The scripted teacher on every test user with 1 and with 64 sub-envs: the same tool results (item ids, in
+    order), answers and rewards, exactly."""
+    users = [int(u) for u in dataset.eval_users("test")]
+    played = []
+    for n_envs in (1, 64):
+        vec = DeepRecVectorEnv(
+            dataset, retriever, n_envs, GridReward(), EnvConfig(protocol=protocol), autoreset_mode="Disabled"
+        )
+        episodes = rollout(vec, lambda: ScriptedAgent(dataset, protocol=protocol), users, "test", show_progress=False)
+        played.append([(e.user, e.tool_calls, e.ranked_ids, e.reward_total) for e in episodes])
+    assert played[0] == played[1] and len(users) > 32
+
+
 def test_vector_env_is_deterministic_for_a_seed(dataset, retriever):
     runs = []
     for _ in range(2):
@@ -708,10 +1002,14 @@ def test_make_env_binds_the_hierarchical_reward(small_artifacts):
         "deeprec/DeepRec-v0", dataset="synthetic", reward="cold", artifacts=small_artifacts, overrides=SMALL
     )
     assert env.unwrapped.reward_fn.levels["format"] == "process"
-    terminal, info = scripted(env, env.unwrapped.dataset, "tags")
-    per_turn, _ = scripted(PerTurnReward(env), env.unwrapped.dataset, "tags")
-    assert info["deeprec"].reward_terms["invocation"] > 0 and math.isclose(sum(per_turn), sum(terminal))
-    # cold: invocation pays from the second call on, which the per-turn wrapper pays at that step
+    dataset = env.unwrapped.dataset
+    history, _ = dataset.history_and_target(11, "train")
+    aspects = list(dict.fromkeys(a for item in history for a in item_aspects(dataset, int(item))))
+    queries = (aspects[0], aspects[1])  # two aspects of the user's history: two informative calls
+    terminal, info = scripted(env, dataset, "tags", queries)
+    per_turn, _ = scripted(PerTurnReward(env), dataset, "tags", queries)
+    assert info["deeprec"].reward_terms["invocation"] > 0 and sum(per_turn) == sum(terminal)
+    # cold: invocation pays from the second informative call on, which the per-turn wrapper pays at that step
     assert terminal[2] == 0.0 and per_turn[2] >= 0.5
 
 

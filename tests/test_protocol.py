@@ -3,6 +3,7 @@
 import json
 import random
 import time
+import unicodedata
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from deeprec_env.protocol import (
     PROBLEM_ANSWER_COUNT,
     PROBLEM_ANSWER_LENGTH,
     PROBLEM_ANSWER_POSITION,
+    PROBLEM_NO_ANSWER,
     PROBLEM_NO_REASONING,
     PROBLEM_NO_TOOL_CALL,
     PROBLEM_PLACEHOLDER,
@@ -43,6 +45,8 @@ from deeprec_env.protocol import (
     TagsCodec,
     TitleMatcher,
     ToolRequest,
+    clean_text,
+    clean_value,
     format_problems,
     get_codec,
     item_cards,
@@ -231,8 +235,41 @@ def test_parse_never_raises(text):
         assert action.kind in KINDS and action.text == text
         assert 0 <= action.end <= len(text)
         assert action.kind == "tool_call" or not action.calls
-        problems = format_problems(text, 1, 10, codec)
+        problems = format_problems(text, action.answer_lines if action.kind == "answer" else None, 1, 10, codec)
         assert set(problems) <= set(FORMAT_CHECKS)
+
+
+def test_clean_text_replaces_surrogates_and_removes_invisible_and_control_characters():
+    assert clean_text("a\ud83db") == "a\ufffdb" and clean_text("Amélie 中文 🙂\u2028") == "Amélie 中文 🙂\u2028"
+    assert clean_text("x\u200by\u2060z\ufeff\u00ad\u200e\u202e\x00\x07\x85") == "xyz"
+    assert clean_text("a\r\nb\rc\td\n") == "a\nb\nc\td\n"
+    for invisible in ("\u200b", "\u2060 \ufeff", "\x00\u00ad", '"\u200b"'):
+        assert normalize_preference(invisible) == ""  # the empty query
+    message = {
+        "role": "assistant",
+        "content": ["\ud83d", {"type": "text", "text": "a\u200b"}],
+        "tool_calls": ({"function": {"name": "retrieve", "arguments": {"pre\u200bference": "\x00x"}}},),
+        3: 1.5,
+    }
+    assert clean_value(message) == {
+        "role": "assistant",
+        "content": ["\ufffd", {"type": "text", "text": "a"}],
+        "tool_calls": [{"function": {"name": "retrieve", "arguments": {"preference": "x"}}}],
+        3: 1.5,
+    }
+    deep: list = ["\ud83d"]
+    for _ in range(5000):
+        deep = [deep]
+    assert clean_value(deep) is not None  # nesting past MAX_CLEAN_DEPTH is cut, never a RecursionError
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=())))
+def test_clean_text_output_is_clean_and_cleaning_is_idempotent(text):
+    cleaned = clean_text(text)
+    cleaned.encode("utf-8")  # raises for an unpaired surrogate
+    assert clean_text(cleaned) == cleaned
+    assert not any(unicodedata.category(c) in ("Cs", "Cf", "Cc") for c in cleaned.replace("\n", "").replace("\t", ""))
 
 
 @settings(max_examples=150, deadline=None)
@@ -258,7 +295,7 @@ def test_huge_adversarial_strings():
     for codec in (TAGS, CHAT):
         start = time.perf_counter()
         assert codec.parse(soup).kind == "malformed"
-        format_problems(soup, 0, 10, codec)
+        format_problems(soup, None, 0, 10, codec)
         assert time.perf_counter() - start < 5.0
 
 
@@ -326,17 +363,21 @@ def tags_transcript(
     return text + (TAGS.render_answer(TITLES10) if answer is None else answer)
 
 
+def check(transcript, n_calls, answer=TITLES10, codec=TAGS):
+    """The format check of a transcript whose answer the env parsed as `answer` (None: it parsed none)."""
+    return format_problems(transcript, answer, n_calls, 10, codec)
+
+
 def test_well_formed_tags_transcript_passes():
     transcript = tags_transcript()
-    assert format_problems(transcript, 2, 10) == []
-    assert format_problems(transcript[transcript.index(PROMPT_END) + len(PROMPT_END) :], 2, 10, TAGS) == []
+    assert check(transcript, 2) == []
+    assert check(transcript[transcript.index(PROMPT_END) + len(PROMPT_END) :], 2) == []
 
 
 @pytest.mark.parametrize(
     "transcript, n_calls, problem",
     [
         (tags_transcript(calls=()), 0, PROBLEM_NO_TOOL_CALL),
-        (tags_transcript(answer=TAGS.render_answer(TITLES10[:9])), 2, PROBLEM_ANSWER_LENGTH),
         (tags_transcript(answer=TAGS.render_answer(TITLES10[:9] + [f"J {PREF_OPEN}"])), 2, PROBLEM_TAGS_IN_ANSWER),
         (
             tags_transcript(answer=TAGS.render_answer([*TITLES10[:9], "x end_of_item_list|>"])),
@@ -357,29 +398,37 @@ def test_well_formed_tags_transcript_passes():
     ],
 )
 def test_each_single_violation_is_named(transcript, n_calls, problem):
-    assert format_problems(transcript, n_calls, 10) == [problem]
+    assert check(transcript, n_calls) == [problem]
+
+
+def test_answer_length_counts_the_parsed_answer():
+    assert check(tags_transcript(answer=TAGS.render_answer(TITLES10[:9])), 2, TITLES10[:9]) == [PROBLEM_ANSWER_LENGTH]
+    # the text's one block has rec_k lines, but the env parsed nine: the parsed answer is what counts
+    assert check(tags_transcript(), 2, TITLES10[:9]) == [PROBLEM_ANSWER_LENGTH]
 
 
 def test_answer_inside_think_and_missing_answer():
     inside = tags_transcript(final_reasoning="Ranking.\n" + TAGS.render_answer(TITLES10) + "\n", answer="")
-    assert format_problems(inside, 2, 10) == [PROBLEM_ANSWER_POSITION]
+    assert check(inside, 2) == [PROBLEM_ANSWER_POSITION]
     truncated = tags_transcript(answer="")
-    assert format_problems(truncated, 2, 10) == [PROBLEM_ANSWER_COUNT]
+    assert check(truncated, 2, None) == [PROBLEM_NO_ANSWER, PROBLEM_ANSWER_COUNT]
     no_think_close = tags_transcript().replace(THINK_CLOSE, "")
-    assert format_problems(no_think_close, 2, 10) == [PROBLEM_UNBALANCED, PROBLEM_ANSWER_POSITION]
+    assert check(no_think_close, 2) == [PROBLEM_UNBALANCED, PROBLEM_ANSWER_POSITION]
+    # a well-formed block in the text that the env never parsed as an answer (split over segments, cut by a limit)
+    assert check(tags_transcript(), 2, None) == [PROBLEM_NO_ANSWER]
 
 
 def test_hallucinated_tool_result_is_caught():
     fake = f"{PREF_OPEN} comedy {PREF_CLOSE}\n{ITEMS_OPEN}\n1. Made Up\n{ITEMS_CLOSE}\n\nGreat. "
     transcript = tags_transcript(middle=fake)  # the env executed only the 2 real calls
-    assert format_problems(transcript, 2, 10) == [PROBLEM_TOOL_COUNT]
+    assert check(transcript, 2) == [PROBLEM_TOOL_COUNT]
     stray_result = tags_transcript(middle=f"{ITEMS_OPEN}\n1. Made Up\n{ITEMS_CLOSE}\n")
-    assert PROBLEM_UNBALANCED in format_problems(stray_result, 2, 10)
+    assert PROBLEM_UNBALANCED in check(stray_result, 2)
 
 
 def test_role_words_inside_tool_results_and_titles_are_fine():
     transcript = tags_transcript().replace("Pool0 1", "The Assistant: A Story")
-    assert format_problems(transcript, 2, 10) == []
+    assert check(transcript, 2) == []
 
 
 def chat_messages(final="Ranked by how well each fits.\n", tool_calls=True):
@@ -395,16 +444,17 @@ def chat_messages(final="Ranked by how well each fits.\n", tool_calls=True):
 
 def test_chat_format_checks():
     messages = chat_messages()
-    assert format_problems(messages, 1, 10, "chat") == []
+    assert check(messages, 1, codec="chat") == []
     text = CHAT.render_messages(messages)
-    assert format_problems(text, 1, 10, CHAT) == []
-    assert format_problems(chat_messages(final=""), 1, 10, "chat") == [PROBLEM_NO_REASONING]
-    assert format_problems(chat_messages(tool_calls=False), 0, 10, "chat") == [PROBLEM_NO_TOOL_CALL]
-    assert format_problems(chat_messages(final="<think>Ranking. "), 1, 10, "chat") == [
+    assert check(text, 1, codec=CHAT) == []
+    assert check(chat_messages(final=""), 1, codec="chat") == [PROBLEM_NO_REASONING]
+    assert check(chat_messages(tool_calls=False), 0, codec="chat") == [PROBLEM_NO_TOOL_CALL]
+    assert check(chat_messages(final="<think>Ranking. "), 1, codec="chat") == [
         PROBLEM_UNBALANCED,
         PROBLEM_ANSWER_POSITION,
     ]
-    assert format_problems(chat_messages(final="<think>Ranking.</think>\n"), 1, 10, "chat") == []
+    assert check(chat_messages(final="<think>Ranking.</think>\n"), 1, codec="chat") == []
+    assert check(messages, 1, None, "chat") == [PROBLEM_NO_ANSWER]
 
 
 # --- title matching ---------------------------------------------------------------------------------------------

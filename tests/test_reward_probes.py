@@ -1,5 +1,5 @@
 """The reward-hacking probe suite (docs/rewards.md): on the same users, no adversarial probe
-(`agents.probes.PROBES`) may earn a mean reward as high as the honest scripted teacher, under either reward preset.
+(`agents.probes.PROBES`) may earn a mean reward as high as the honest scripted teacher, under `rec` or `cold`.
 
 One small synthetic dataset and one quickly trained TRM (shared by both presets through the artifact cache); every
 agent runs on the same 40 test users. `pytest -s` prints the table with the per-component means.
@@ -74,10 +74,10 @@ def test_scripted_reference_is_well_formed(results, preset):
     assert scripted["format_ok"] == 1.0
 
 
-# `rec` pays no query terms, so repeating one honest query is a ranking strategy there, not a hack of the reward. On
-# synthetic data (users draw from latent category mixtures, so a query naming the main category is the best
-# ranking) it out-ranks the scripted teacher by outcome alone; on ml-100k the teacher leads by 0.79 reward
-# [0.52, 1.07] (`python -m experiments.probes dataset=ml-100k`).
+# Repeating one honest query is a ranking strategy, not only a hack of the reward: on synthetic data (users draw from
+# latent category mixtures, so a query naming the main category is the best ranking) it out-ranks the scripted teacher
+# by more than `rec`'s quarter-weight process terms take away (hit_rank +0.44 against invocation -0.15); on ml-100k it
+# stays significantly below the teacher under `rec` (results/ml-100k-probes/).
 NOT_HACKS = {("rec", "identical-queries")}
 
 

@@ -9,10 +9,12 @@ from omegaconf import OmegaConf
 
 from deeprec_env.episode import Episode, ToolCall
 from rewards import (
+    CallCounter,
     Component,
     DiversityReward,
     DuplicatePenalty,
     FormatReward,
+    GroundingReward,
     HierarchicalReward,
     HistoryPenalty,
     HitRankReward,
@@ -24,12 +26,14 @@ from rewards import (
     RewardContext,
     build_reward,
     load_reward_config,
+    quantize,
 )
 
 ALL = (
     "format",
     "invocation",
     "diversity",
+    "grounding",
     "hit_rank",
     "point",
     "ndcg",
@@ -68,8 +72,29 @@ class FakeEncoder:
 #   item 2: 0.6 and 1.0 -> 0.8;  item 3: 0.0 and 0.8 -> 0.4;  item 4: -1.0 and 0.0 -> -0.5;  item 5: 0 and 0 -> 0.
 ITEM_TEXT = np.array([[0, 0], [1, 0], [0.6, 0.8], [0, 1], [-1, 0], [0, 1]], dtype=np.float32)
 ITEM_VECTORS = np.array([[0, 0], [1, 0], [1, 0], [0.8, 0.6], [0, 1], [0, 1]], dtype=np.float32)
-TABLE = {"action": [1, 0, 0, 0], "romance": [0.6, 0.8, 0, 0], "drama": [0, 0, 1, 0]}
-CONTEXT = RewardContext(encoder=FakeEncoder(TABLE), item_text=ITEM_TEXT, item_vectors=ITEM_VECTORS)
+TABLE = {
+    "action": [1, 0, 0, 0],
+    "romance": [0.6, 0.8, 0, 0],
+    "drama": [0, 0, 1, 0],
+    "sci-fi": [0, 0, 0, 1],
+    "science fiction": [0, 0, 0.1, 0.995],
+}
+# Item aspects (row 0: padding) and the titles that name items, for informative-call counting.
+ASPECTS = [(), ("action", "1990s"), ("romance",), ("drama",), ("sci-fi", "action"), ("drama", "1990s")]
+TITLES = {"the matrix", "titanic"}
+
+
+def names_item(text: str) -> bool:
+    return text.strip().casefold() in TITLES
+
+
+CONTEXT = RewardContext(
+    encoder=FakeEncoder(TABLE),
+    item_text=ITEM_TEXT,
+    item_vectors=ITEM_VECTORS,
+    item_aspects=ASPECTS,
+    names_item=names_item,
+)
 
 # Random normalised tables (cosines of both signs) for the property tests.
 N_ITEMS = 30
@@ -128,18 +153,55 @@ def test_format():
 
 @pytest.mark.parametrize(("calls", "expected"), [(0, 0.0), (1, 0.0), (2, 0.5), (3, 1.0), (5, 1.0)])
 def test_invocation(calls, expected):
-    assert InvocationReward()(episode(prefs=[f"p{i}" for i in range(calls)]), CONTEXT) == expected
+    assert InvocationReward(rule="all")(episode(prefs=[f"p{i}" for i in range(calls)]), CONTEXT) == expected
 
 
-def test_invocation_ignores_empty_preferences_and_takes_parameters():
-    assert InvocationReward()(episode(prefs=["a", "", "   "]), CONTEXT) == 0.0
-    assert InvocationReward(base=0.25, cap=5)(episode(prefs=list("abcdefg")), CONTEXT) == 1.0
+def test_invocation_rules_and_parameters():
+    assert InvocationReward(rule="non_empty")(episode(prefs=["a", "", "   ", "?!"]), CONTEXT) == 0.0
+    assert InvocationReward(rule="all")(episode(prefs=["a", "", "   "]), CONTEXT) == 1.0
+    assert InvocationReward(base=0.25, cap=5, rule="non_empty")(episode(prefs=list("abcdefg")), CONTEXT) == 1.0
     with pytest.raises(ValueError, match="cap"):
         InvocationReward(cap=0)
+    with pytest.raises(ValueError, match="calls rule"):
+        InvocationReward(rule="some")
+
+
+def strict_counter() -> CallCounter:
+    """Informative-call counting whose synonym threshold the 4-d fake embeddings of unrelated words never reach."""
+    return CallCounter(aspect_similarity=0.99)
+
+
+def test_informative_calls_state_a_new_aspect_of_the_history_and_name_no_item():
+    invocation = InvocationReward(counter=strict_counter())
+    history = (1, 2, 4)  # aspects: action, 1990s, romance, sci-fi
+
+    def calls(*prefs: str) -> float:
+        return invocation(episode(prefs=list(prefs), history=history), CONTEXT)
+
+    assert calls("action", "romance; 1990s", "sci-fi") == 1.0
+    assert calls("light-hearted action", "Romance films") == 0.5  # whole words, any case
+    assert calls("action", "action", "action; romance") == 0.5  # repeats state nothing new
+    assert calls("drama", "western", "zqxv", "", "actionable") == 0.0  # not this user's aspects; no partial words
+    assert calls("The Matrix", "titanic; romance", "action") == 0.0  # naming an item never counts
+    assert calls("action", "science fiction") == 0.5  # a phrase close to an aspect states it
+    assert calls("action", "romance") == 0.5
+    with pytest.raises(ValueError, match="item_aspects"):
+        invocation(episode(prefs=["a", "b"]), RewardContext(encoder=FakeEncoder(TABLE)))
+
+
+def test_grounding_follows_the_tools_ranking():
+    def grounding(answer, rec_k=4) -> float:
+        ep = episode(answer=answer, rec_k=rec_k)  # every call returned (2, 3): ranks 0 and 1 of 2
+        return GroundingReward()(ep, CONTEXT)
+
+    assert grounding([2, 3], rec_k=2) == pytest.approx(1.5 / 2 - 1)
+    assert grounding([2, 3, 1, None]) == pytest.approx(1.5 / 4 - 1)  # item 1 was never retrieved
+    assert grounding([2, 2]) == pytest.approx(1.0 / 4 - 1)  # a repeat earns nothing
+    assert grounding([]) == -1.0
 
 
 def test_diversity():
-    div = DiversityReward()
+    div = DiversityReward(rule="non_empty")
     assert div(episode(prefs=["action"]), CONTEXT) == 0.0
     assert div(episode(prefs=["action", "action", " action "]), CONTEXT) == pytest.approx(0.0, abs=1e-12)
     assert div(episode(prefs=["action", "romance"]), CONTEXT) == pytest.approx(0.2 * (1 - 0.6))
@@ -147,24 +209,27 @@ def test_diversity():
     # upper-triangle mean of (a, r, a): cosines 0.6, 1.0, 0.6
     assert div(episode(prefs=["action", "romance", "action"]), CONTEXT) == pytest.approx(0.2 * (1 - 2.2 / 3))
     assert div(episode(prefs=["action", "", "  "]), CONTEXT) == 0.0  # empty queries do not count
-    assert DiversityReward(scale=1.0)(episode(prefs=["action", "drama"]), CONTEXT) == pytest.approx(1.0)
+    assert DiversityReward(scale=1.0, rule="non_empty")(episode(prefs=["action", "drama"]), CONTEXT) == 0.2 * 5
+    informative = DiversityReward(counter=strict_counter())  # only calls stating a new aspect of the history count
+    assert informative(episode(prefs=["action", "zqxv", "drama"], history=(1, 3)), CONTEXT) == pytest.approx(0.2)
+    assert informative(episode(prefs=["action", "zqxv", "drama"], history=(1,)), CONTEXT) == 0.0
 
 
 def test_diversity_caches_encodings_and_batches_them():
     encoder = FakeEncoder(TABLE)
     context = RewardContext(encoder=encoder)
-    div = DiversityReward()
+    div = DiversityReward(rule="non_empty")
     div(episode(prefs=["action", "romance"]), context)
     div(episode(prefs=["romance", "action"]), context)
     assert encoder.calls == [["action", "romance"]]
-    reward = HierarchicalReward([DiversityReward()])
+    reward = HierarchicalReward([DiversityReward(rule="non_empty")])
     eps = [episode(prefs=["action", "drama"]), episode(prefs=["drama", "romance", "x y"]), episode(prefs=["solo"])]
     encoder.calls.clear()
     breakdowns = reward.batch(eps, context)
-    assert encoder.calls == [["action", "drama", "romance", "x y"]]  # one call, single-query episode not encoded
+    assert encoder.calls == [["action", "drama", "romance", "x y", "solo"]]  # one call for the batch
     assert breakdowns[0].terms["diversity"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="encoder"):
-        DiversityReward()(episode(prefs=["a", "b"]), RewardContext())
+        DiversityReward(rule="non_empty")(episode(prefs=["a", "b"]), RewardContext())
 
 
 @pytest.mark.parametrize(("position", "expected"), [(0, 3.0), (1, 2.8), (9, 1.2)])
@@ -239,7 +304,7 @@ class Exploding(Component):
 
 
 def test_gate_keeps_process_terms_and_drops_outcome_terms():
-    reward = build_reward({"diversity": {"relevance_threshold": 0.0}})  # the paper's six terms and diversity
+    reward = build_reward({"invocation": {"calls": "all"}, "diversity": {"calls": "all"}})  # the paper's formulas
     ep = episode(answer=[1, 2, 3], prefs=["action", "drama", "romance"], rec_k=3, problems=("answer lines",))
     b = reward(ep, CONTEXT)
     assert b.gated
@@ -261,13 +326,13 @@ def test_gate_keeps_process_terms_and_drops_outcome_terms():
 
 def test_weights_multiply_and_zero_weights_are_not_computed():
     ep = episode(answer=[1] + [None] * 9, prefs=["a", "b"])
-    b = HierarchicalReward([InvocationReward(2.0), HitRankReward(-0.5), Exploding(0.0)])(ep, CONTEXT)
+    b = HierarchicalReward([InvocationReward(2.0, rule="all"), HitRankReward(-0.5), Exploding(0.0)])(ep, CONTEXT)
     assert b.unweighted == {"invocation": 0.5, "hit_rank": 3.0, "exploding": 0.0}
     assert b.terms == {"invocation": 1.0, "hit_rank": -1.5, "exploding": 0.0}
     assert b.total == pytest.approx(-0.5)
     assert b.log_dict() == {"reward/total": b.total, **{f"reward/{k}": v for k, v in b.terms.items()}}
     # disabled model-based terms cost nothing: no encoder, no item tables needed
-    off = build_reward({"diversity": {"weight": 0}, "point": {"weight": 0}})
+    off = build_reward({"invocation": {"calls": "all"}, "diversity": {"weight": 0}, "point": {"weight": 0}})
     assert off(ep).terms["point"] == 0.0
 
 
@@ -297,8 +362,14 @@ def test_presets_load_and_select_components():
     assert isinstance(cold, RewardConfig) and cold.name == "cold" and rec.name == "rec"
     cold_reward, rec_reward = build_reward(cold), build_reward(rec)
     assert cold_reward.names == rec_reward.names == ALL
-    assert set(cold_reward.active) == {"format", "invocation", "diversity", "invalid_penalty"}
-    assert set(rec_reward.active) == {"format", "hit_rank", "point"}
+    assert set(cold_reward.active) == {"format", "invocation", "diversity", "grounding", "invalid_penalty"}
+    assert set(rec_reward.active) == {"format", "invocation", "diversity", "grounding", "hit_rank", "point"}
+    assert rec.point.weight < rec.hit_rank.weight and rec.invocation.calls == cold.diversity.calls == "informative"
+    cold_paper, rec_paper = load_reward_config(_preset("cold-paper")), load_reward_config(_preset("rec-paper"))
+    assert set(build_reward(cold_paper).active) == {"format", "invocation", "diversity"}
+    assert cold_paper.invocation.calls == cold_paper.diversity.calls == "all"
+    assert set(build_reward(rec_paper).active) == {"format", "hit_rank", "point"}
+    assert not rec_paper.point.clip_negative and not rec_paper.point.exclude_history
     assert cold_reward.levels["diversity"] == "process" and rec_reward.levels["point"] == "outcome"
     assert cold_reward.format_gate and rec_reward.format_gate
     assert (cold.invocation.base, cold.invocation.cap, cold.diversity.scale) == (0.5, 3, 0.2)
@@ -306,7 +377,7 @@ def test_presets_load_and_select_components():
 
 
 def test_command_line_overrides():
-    node = OmegaConf.merge(_preset("rec"), OmegaConf.from_dotlist(["point.weight=0"]))
+    node = OmegaConf.merge(_preset("rec-paper"), OmegaConf.from_dotlist(["point.weight=0"]))
     assert set(build_reward(node).active) == {"format", "hit_rank"}
     node = OmegaConf.merge(node, OmegaConf.from_dotlist(["ndcg.weight=2.5", "format_gate=false"]))
     reward = build_reward(node)
@@ -320,7 +391,7 @@ def test_command_line_overrides():
 def test_hydra_composes_the_presets():
     from deeprec_env.config import compose
 
-    cfg = compose("env_config", ["reward=rec", "reward.point.weight=0", "reward.invocation.weight=1"])
+    cfg = compose("env_config", ["reward=rec-paper", "reward.point.weight=0", "reward.invocation.weight=1"])
     reward = build_reward(cfg.reward)
     assert set(reward.active) == {"format", "hit_rank", "invocation"}
 
@@ -347,7 +418,10 @@ def episodes(draw, rec_k=10):
 
 PAPER = build_reward(RewardConfig())  # the dataclass defaults: the paper's six terms on, guards on, extras off
 ALL_ON = build_reward(
-    load_reward_config({name: {"weight": 1.0} for name in ALL} | {"diversity": {"relevance_threshold": 0}})
+    load_reward_config(
+        {name: {"weight": 1.0} for name in ALL}
+        | {"invocation": {"weight": 1.0, "calls": "non_empty"}, "diversity": {"weight": 1.0, "calls": "non_empty"}}
+    )
 )
 
 
@@ -360,6 +434,7 @@ def test_ranges_and_finite_total(ep):
     u = b.unweighted
     assert 0.0 <= u["invocation"] <= 1.0
     assert 0.0 <= u["diversity"] <= 0.4
+    assert -1.0 <= u["grounding"] <= 0.0
     assert u["hit_rank"] == 0.0 or 1.2 - 1e-9 <= u["hit_rank"] <= 3.0 + 1e-9
     assert -10.0 <= u["point"] <= 10.0
     assert u["format"] in (0.0, -1.0)
@@ -395,10 +470,38 @@ def test_preset_reward_is_deterministic_and_weight_zero_is_free():
     ep = episode(answer=[2, 3, 1, None, 5], prefs=["action", "romance"], rec_k=5)
     rec = build_reward(_preset("rec"))
     assert rec(ep, CONTEXT) == rec(ep, CONTEXT)
-    paper_cold = OmegaConf.merge(_preset("cold"), {"diversity": {"relevance_threshold": 0.0}})
-    cold = build_reward(paper_cold)
-    # with the paper's ungated diversity, cold needs no item tables: point and hit_rank are off, never computed
+    cold = build_reward(_preset("cold-paper"))
+    # the paper's cold needs no item tables: point and hit_rank are off, never computed
     b = cold(ep, RewardContext(encoder=FakeEncoder(TABLE)))
-    expected = {"invocation": 0.5, "diversity": pytest.approx(0.08), "invalid_penalty": pytest.approx(-0.2)}
+    expected = {"invocation": 0.5, "diversity": pytest.approx(0.08)}
     assert b.terms == {**dict.fromkeys(ALL, 0.0), **expected}
     assert PAPER.active == ("format", "invocation", "diversity", "hit_rank", "point")
+
+
+@settings(max_examples=150, deadline=None)
+@given(ep=episodes(), order=st.randoms(use_true_random=False))
+def test_terms_are_quantised_so_any_sum_is_exact(ep, order):
+    b = ALL_ON(ep, RANDOM_CONTEXT)
+    terms = list(b.terms.values())
+    assert all(quantize(t) == t for t in terms)
+    order.shuffle(terms)
+    running = 0.0
+    for t in terms:
+        running += t
+    assert running == b.total
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prefs=st.lists(st.sampled_from(["action", "romance; 1990s", "sci-fi", "drama", "zqxv", ""]), max_size=5),
+    noise=st.sampled_from(["", "\u200b", "The Matrix", "titanic", "actionable", "1990"]),
+    at=st.integers(0, 5),
+)
+def test_an_uninformative_call_never_raises_invocation_or_diversity(prefs, noise, at):
+    """Inserting a call that states nothing about the user (empty, invisible, an item's title, a near-word) anywhere
+    never increases the informative invocation or diversity terms."""
+    history = (1, 2, 4)
+    with_noise = [*prefs[:at], noise, *prefs[at:]]
+    for component in (InvocationReward(counter=strict_counter()), DiversityReward(counter=strict_counter())):
+        base = component(episode(prefs=prefs, history=history), CONTEXT)
+        assert component(episode(prefs=with_noise, history=history), CONTEXT) <= base + 1e-12

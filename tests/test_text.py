@@ -82,6 +82,18 @@ def test_dedupe_within_a_call_and_lru_across_calls(encoder: TextEncoder, monkeyp
     encoder.clear_cache()
 
 
+def test_a_cached_vector_does_not_depend_on_the_texts_it_came_with(encoder: TextEncoder) -> None:
+    """A padded batch rounds differently: with the cache each new text is encoded on its own, so a query's vector
+    (and the retrieval and rewards that read it) is the same whatever it was batched with."""
+    texts = ["x", "jazz", "a long preference about dark 1990s science fiction thrillers with space battles and aliens"]
+    encoder.clear_cache()
+    together = encoder.encode(texts)
+    encoder.clear_cache()
+    alone = np.concatenate([encoder.encode([text]) for text in texts])
+    encoder.clear_cache()
+    np.testing.assert_array_equal(together, alone)
+
+
 def test_semantic_sanity(encoder: TextEncoder) -> None:
     query, close, far = encoder.encode(
         ["science fiction space movie", "sci-fi film about spaceships", "romantic comedy about a wedding"]

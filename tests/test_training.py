@@ -19,7 +19,7 @@ from agents.training.grpo import DeepRecToolEnv, active_components, component_re
 from agents.training.warm_start import sft_messages, teacher_episodes
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
-from deeprec_env.protocol import ALL_TAGS, TOOL_SCHEMA, ChatCodec
+from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec
 from tests.fakes import random_stack, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,26 @@ def test_env_and_trl_read_the_same_tool_calls(tokenizer, text):
         function = call["function"]
         runs = function["name"] == "retrieve" and set(function["arguments"]) == {"preference"}
         assert request.runs == runs and (not runs or request.preference == function["arguments"]["preference"])
+
+
+def test_a_bare_json_tool_call_is_a_call_nowhere(dataset, tokenizer):
+    """A JSON call without <tool_call> tags: TRL parses no call, the env takes a malformed segment, and the format
+    check counts no tool call, whether the env was stepped or the episode was ended with TRL's completion."""
+    bare = 'Searching. {"name": "retrieve", "arguments": {"preference": "noir"}}'
+    answer = "Ranked.\n" + ChatCodec().render_answer([f"Title {i}" for i in range(10)])
+    assert not trl_parse(tokenizer, bare).get("tool_calls")
+    env = random_stack(dataset, StackConfig(env=EnvConfig(protocol="chat"))).make_env()
+    env.reset(seed=0)
+    *_, info = env.step(bare)
+    assert info["action"] == "malformed" and info["n_tool_calls"] == 0 and env.episode.n_failed_calls == 0
+    *_, info = env.step(answer)
+    stepped = info["deeprec"]
+    adapter = DeepRecToolEnv(env)
+    adapter.reset(user=stepped.user, split="train")
+    finished = adapter._finish([{"role": "assistant", "content": bare}, {"role": "assistant", "content": answer}])
+    for episode in (stepped, finished):
+        assert episode.tool_calls == [] and episode.n_failed_calls == 0
+        assert episode.format_problems == (PROBLEM_NO_TOOL_CALL,)
 
 
 def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_list(dataset, stack):

@@ -1,7 +1,7 @@
 """The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards and title matching.
 
 Every module here is a pure function of its inputs and never imports agents, rewards, TRL or Ray. Any string is a
-valid input: parsing never raises.
+valid input: parsing never raises. `clean_text` makes any string safe for every reader (the env cleans each action).
 """
 
 from deeprec_env.protocol.cards import item_cards
@@ -10,6 +10,7 @@ from deeprec_env.protocol.checks import (
     PROBLEM_ANSWER_COUNT,
     PROBLEM_ANSWER_LENGTH,
     PROBLEM_ANSWER_POSITION,
+    PROBLEM_NO_ANSWER,
     PROBLEM_NO_REASONING,
     PROBLEM_NO_TOOL_CALL,
     PROBLEM_PLACEHOLDER,
@@ -38,7 +39,7 @@ from deeprec_env.protocol.tags import (
     TOOL_RESPONSE_CLOSE,
     TOOL_RESPONSE_OPEN,
 )
-from deeprec_env.protocol.text import normalize_preference, numbered
+from deeprec_env.protocol.text import clean_text, clean_value, normalize_preference, numbered
 from deeprec_env.protocol.tool import (
     TOOL_NAME,
     TOOL_SCHEMA,
@@ -61,6 +62,7 @@ __all__ = [
     "PROBLEM_ANSWER_COUNT",
     "PROBLEM_ANSWER_LENGTH",
     "PROBLEM_ANSWER_POSITION",
+    "PROBLEM_NO_ANSWER",
     "PROBLEM_NO_REASONING",
     "PROBLEM_NO_TOOL_CALL",
     "PROBLEM_PLACEHOLDER",
@@ -87,6 +89,8 @@ __all__ = [
     "TagsCodec",
     "TitleMatcher",
     "ToolRequest",
+    "clean_text",
+    "clean_value",
     "format_problems",
     "get_codec",
     "instructions",

@@ -157,6 +157,10 @@ class TitleMatcher:
                 return found
         return self._fuzzy(query, self._keys, self._key_ids, preferred, year, used)
 
+    def names_item(self, text: str) -> bool:
+        """Whether the text names a catalogue item (exactly or fuzzily, as an answer line would)."""
+        return self.match(text) is not None
+
     def _exact(self, candidate: str, preferred: Mapping[int, int], used: Collection[int]) -> int | None:
         """The item whose normalised title is the candidate's, with or without its trailing '(year)'."""
         base, year = _split_year(candidate)

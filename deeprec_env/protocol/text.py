@@ -1,19 +1,63 @@
-"""Text primitives every codec and check shares: finding tag blocks in linear time, normalising preferences and
-answer lines. Pure functions; any string is a valid input."""
+"""Text primitives every codec and check shares: cleaning text, finding tag blocks in linear time, normalising
+preferences and answer lines. Pure functions; any string is a valid input."""
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+import sys
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from deeprec_env.protocol.tags import ALL_TAGS
 
 MAX_PREFERENCE_CHARS = 2000  # longer preference texts are cut: the sentence encoder truncates them anyway
+MAX_CLEAN_DEPTH = 32  # `clean_value` drops containers nested deeper than this (no tool call is nearly that deep)
 
 TAG_RE = re.compile("|".join(re.escape(t) for t in sorted(ALL_TAGS, key=len, reverse=True)))
 _WS_RE = re.compile(r"\s+")
 # "3. Title", "3) Title", "- Title", "* Title"; "2001: A Space Odyssey", "12 Angry Men" and "2.0 ..." are kept.
 _LINE_PREFIX_RE = re.compile(r"^\s*(?:\d{1,3}\s*[.)]\s*(?!\d)|[-*•]\s+)")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
+@functools.cache
+def _invisible_re() -> re.Pattern[str]:
+    """One character class of every format (Cf) and control (Cc) character but newline, tab and carriage return,
+    from this Python's Unicode tables (built on first use)."""
+    ranges: list[list[int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)) in ("Cf", "Cc") and chr(code) not in "\n\t\r":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return re.compile("[" + "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in ranges) + "]")
+
+
+def clean_text(text: str) -> str:
+    """The text every reader can take (tokenizers, JSON, UTF-8 files) and that shows what it holds: unpaired UTF-16
+    surrogates (category Cs) become U+FFFD, carriage returns newlines, and invisible format characters (Cf: zero-width
+    space, word joiner, BOM, soft hyphen, bidi marks) and control characters (Cc) other than newline and tab are
+    removed. The env cleans every action once, so an empty preference is one that shows nothing."""
+    text = _SURROGATE_RE.sub("\ufffd", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _invisible_re().sub("", text)
+
+
+def clean_value(value: Any, depth: int = 0) -> Any:
+    """`value` with `clean_text` applied to every string inside it, mapping keys included (a chat message and its
+    tool calls): mappings become dicts, lists and tuples lists, containers nested deeper than MAX_CLEAN_DEPTH None;
+    other values are kept."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if not isinstance(value, (Mapping, list, tuple)):
+        return value
+    if depth >= MAX_CLEAN_DEPTH:
+        return None
+    if isinstance(value, Mapping):
+        return {clean_text(k) if isinstance(k, str) else k: clean_value(v, depth + 1) for k, v in value.items()}
+    return [clean_value(v, depth + 1) for v in value]
 
 
 def blocks(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int]]:
@@ -59,8 +103,9 @@ def strip_tags(text: str) -> str:
 
 
 def normalize_preference(text: str) -> str:
-    """As the paper: `"` removed, whitespace collapsed, stripped; cut to MAX_PREFERENCE_CHARS."""
-    return _WS_RE.sub(" ", text.replace('"', "")).strip()[:MAX_PREFERENCE_CHARS].strip()
+    """As the paper: `"` removed, whitespace collapsed, stripped; cut to MAX_PREFERENCE_CHARS. Cleaned first
+    (`clean_text`): a JSON tool call's escapes can decode to a surrogate in text that was clean."""
+    return _WS_RE.sub(" ", clean_text(text).replace('"', "")).strip()[:MAX_PREFERENCE_CHARS].strip()
 
 
 def strip_line_prefix(line: str) -> str:

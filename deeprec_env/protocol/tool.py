@@ -112,11 +112,19 @@ def content_text(content: Any) -> str:
     """A message content as text: a string, or a list of parts ({"type": "text", "text": ...})."""
     if content is None:
         return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
-    return str(content)
+    if isinstance(content, Sequence) and not isinstance(content, str):
+        return "".join(_as_text(p.get("text", "")) if isinstance(p, Mapping) else _as_text(p) for p in content)
+    return _as_text(content)
+
+
+def _as_text(value: Any) -> str:
+    """`value` as a string; "" for an object whose `__str__` fails (an agent's message may hold anything)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception:
+        return ""
 
 
 def render_assistant_message(message: Mapping[str, Any] | Any) -> str:

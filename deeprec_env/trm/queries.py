@@ -334,6 +334,12 @@ TEMPLATE_WORDS = frozenset(
 )  # the words templates add to a query (besides the nouns)
 
 
+def aspect_table(dataset: RecDataset) -> list[tuple[str, ...]]:
+    """Every item's aspects in lower case, indexed by item id (row 0, the padding id, is empty): what the reward
+    reads to tell whether a query states an aspect of a user's history."""
+    return [()] + [tuple(a.casefold() for a in item_aspects(dataset, i)) for i in range(1, dataset.n_items + 1)]
+
+
 def phrase_query(
     aspects: Sequence[str],
     rng: np.random.Generator,

@@ -14,8 +14,12 @@ Both backends share one interface (`Retriever`):
 * k is clamped, never an error: when some row has fewer than `k` eligible items (catalogue minus excluded
   history), every row of that call returns `min(k, fewest eligible items over the batch)` columns, so the
   result stays rectangular. Only a negative k raises.
-* A batch costs ONE encoder call (unique non-empty queries only) and ONE model forward (or one per chunk of
-  `max_batch` rows). Everything is deterministic: the same call gives the same result on both backends.
+* Rows are independent: each distinct non-empty query is encoded with its own encoder call and each row gets its
+  own model forward (a batched forward rounds with the batch's shape and can swap near-tied items), so a row's ids
+  and scores never depend on the other rows of the call (only its width can, through the clamped k above):
+  `n_envs=1` and `n_envs=64` give the same tool results. A call costs one encoder call per distinct non-empty query
+  and one forward per row. Everything is deterministic: the same call gives the same result on both backends.
+  (`scores`, the full-catalogue scorer of offline evaluation, runs one batched forward.)
 
 `InProcessRetriever` runs the model in the calling process. `RayRetriever` serves the same model from one Ray
 actor that many environments / rollout workers share: the driver `launch`es it (optionally under a name) and
@@ -46,7 +50,8 @@ class TextEncoder(Protocol):
     dim: int
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32, L2-normalised rows; the empty string gives an all-zero row."""
+        """(len(texts), dim) float32, L2-normalised rows; the empty string gives an all-zero row. A text's row must
+        depend on the text alone (deeprec_env.text.TextEncoder caches only vectors it encoded on their own)."""
         ...
 
 
@@ -107,23 +112,14 @@ class InProcessRetriever:
     `model` is put in eval mode and must not be trained further while the retriever uses it: with
     `cache_item_vectors` (default) the catalogue's item vectors are computed once, not twice per forward (the
     text projection of every item dominates the cost of a small batch); call `refresh()` after changing weights.
-    `encoder` may be None when only empty queries will be asked. `max_batch` chunks very large batches into
-    several forwards (same results, bounded memory: each chunk holds a (chunk, n_items + 1) score matrix).
-    Thread-safe: concurrent calls are serialised.
+    `encoder` may be None when only empty queries will be asked. Thread-safe: concurrent calls are serialised.
     """
 
     def __init__(
-        self,
-        model: SequentialRecommender,
-        encoder: TextEncoder | None = None,
-        max_batch: int | None = None,
-        cache_item_vectors: bool = True,
+        self, model: SequentialRecommender, encoder: TextEncoder | None = None, cache_item_vectors: bool = True
     ):
         self.model = model.eval()
         self.encoder = encoder
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
-        self.max_batch = max_batch
         self.cache_item_vectors = cache_item_vectors
         self.device = next(model.parameters()).device
         self._lock = threading.Lock()
@@ -149,7 +145,8 @@ class InProcessRetriever:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray | None:
         """(batch, text_dim) float32 query vectors, all-zero rows for empty queries; None for a model without
-        query fusion. One encoder call on the unique non-empty (stripped) queries, none if all are empty."""
+        query fusion. One encoder call per distinct non-empty (stripped) query, so a query's vector never depends on
+        the others; none if all are empty."""
         texts = _clean_queries(queries, len(queries))
         if not self.model.config.fuse_query:
             return None
@@ -157,19 +154,20 @@ class InProcessRetriever:
         unique = sorted({t for t in texts if t})
         if unique and self.encoder is None:
             raise ValueError("this retriever has no text encoder: only empty queries are possible; pass encoder=")
-        if unique:
-            encoded = np.asarray(self.encoder.encode(unique), dtype=np.float32)
-            if encoded.shape != (len(unique), out.shape[1]):
-                raise ValueError(f"encoder returned shape {encoded.shape}, expected {(len(unique), out.shape[1])}")
-            row_of = {t: i for i, t in enumerate(unique)}
-            for row, text in enumerate(texts):
-                if text:
-                    out[row] = encoded[row_of[text]]
+        vector_of = {}
+        for text in unique:
+            encoded = np.asarray(self.encoder.encode([text]), dtype=np.float32)
+            if encoded.shape != (1, out.shape[1]):
+                raise ValueError(f"encoder returned shape {encoded.shape} for one text, expected {(1, out.shape[1])}")
+            vector_of[text] = encoded[0]
+        for row, text in enumerate(texts):
+            if text:
+                out[row] = vector_of[text]
         return out
 
     def score_matrix(self, histories: Sequence[Sequence[int]], query_text: np.ndarray | None) -> np.ndarray:
         """The model's scores (batch, n_items + 1) float32 for (already encoded) query vectors; column 0 is -inf.
-        Histories are cut to the newest `max_len` items. One forward, no chunking."""
+        Histories are cut to the newest `max_len` items. One forward."""
         batch = torch.from_numpy(stack_histories(histories, self.max_len)).to(self.device)
         query = None if query_text is None else torch.from_numpy(np.asarray(query_text, np.float32)).to(self.device)
         with self._lock, torch.inference_mode():
@@ -199,9 +197,8 @@ class InProcessRetriever:
         if not hist or k == 0:
             return ids, scores
         query_text = self.encode_queries(texts)
-        step = self.max_batch or len(hist)
-        for start in range(0, len(hist), step):
-            rows = slice(start, start + step)
+        for row in range(len(hist)):  # one forward per row: see the module docstring
+            rows = slice(row, row + 1)
             full = self.score_matrix(hist[rows], None if query_text is None else query_text[rows])
             top = top_k(full, k, None if exclude is None else exclude[rows])
             ids[rows] = top
@@ -237,7 +234,6 @@ class _RetrieverActor:
         n_items: int,
         item_text: np.ndarray | None,
         encoder_factory: Callable[[], TextEncoder] | None,
-        max_batch: int | None,
         torch_threads: int | None,
     ):
         from deeprec_env.runtime import configure_threads
@@ -249,7 +245,7 @@ class _RetrieverActor:
         model = SequentialRecommender(n_items, config, text)
         model.load_state_dict(model_state_dict)
         encoder = None if encoder_factory is None else encoder_factory()
-        self.retriever = InProcessRetriever(model, encoder, max_batch=max_batch)
+        self.retriever = InProcessRetriever(model, encoder)
 
     def retrieve(self, histories, queries, k, exclude_history=True):
         return self.retriever.retrieve(histories, queries, k, exclude_history)
@@ -289,7 +285,6 @@ class RayRetriever:
         name: str | None = None,
         num_cpus: float = 1,
         namespace: str | None = None,
-        max_batch: int | None = None,
         torch_threads: int | None = None,
     ) -> RayRetriever:
         """Start the actor (named if `name`), wait until the model is built, and return an owning handle.
@@ -307,7 +302,7 @@ class RayRetriever:
         actor = (
             ray.remote(_RetrieverActor)
             .options(**options)
-            .remote(state, model_config, n_items, item_text, encoder_factory, max_batch, torch_threads)
+            .remote(state, model_config, n_items, item_text, encoder_factory, torch_threads)
         )
         retriever = cls(actor, name, namespace, owner=True)
         try:
@@ -330,7 +325,6 @@ class RayRetriever:
         if encoder_factory is None and retriever.encoder is not None:
             encoder_factory = functools.partial(_return, retriever.encoder)
         item_text = model.item_text.detach().cpu().numpy() if model.text_dim is not None else None
-        launch_kwargs.setdefault("max_batch", retriever.max_batch)
         return cls.launch(model.state_dict(), model.config, model.n_items, item_text, encoder_factory, **launch_kwargs)
 
     @classmethod
@@ -394,12 +388,11 @@ def build_retriever(
     backend: str,
     model: SequentialRecommender,
     encoder: TextEncoder | None = None,
-    max_batch: int | None = None,
     **ray_kwargs: Any,
 ) -> Retriever:
     """The TRM tool for a backend: `local` is an InProcessRetriever; `ray` a RayRetriever serving the same model
     (`ray_kwargs` go to `RayRetriever.launch`: encoder_factory, name, num_cpus, namespace, torch_threads)."""
-    local = InProcessRetriever(model, encoder, max_batch=max_batch)
+    local = InProcessRetriever(model, encoder)
     if backend == "local":
         if ray_kwargs:
             raise TypeError(f"unexpected arguments for the local backend: {sorted(ray_kwargs)}")

@@ -312,7 +312,7 @@ def query_bank_embeddings(dataset: RecDataset, encoder, n_variants: int, seed: i
 
     def build(tmp: Path) -> None:
         texts = query_bank_texts(dataset, n_variants, seed)
-        flat = encoder.encode([t for row in texts for t in row])
+        flat = encoder.encode([t for row in texts for t in row], use_cache=False)  # computed once, stored
         np.save(tmp / "embeddings.npy", flat.reshape(len(texts), n_variants, -1).astype(np.float32))
 
     cached(directory, build, f"query bank of {dataset.name}")
