@@ -16,6 +16,7 @@ directory and to stdout.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -152,7 +153,8 @@ def bench_retrieval(cfg: DictConfig) -> dict:
     result["backends"]["in_process"] = measure(local, encoder.clear_cache)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = RayRetriever.from_in_process(local, encoder_factory=lambda: text_encoder(stack.config.text))
+        encoder_factory = functools.partial(text_encoder, stack.config.text)  # ships the config, not the stack
+        remote = RayRetriever.from_in_process(local, encoder_factory=encoder_factory)
         remote.retrieve([[1]], ["warm up"], cfg.bench.recall_k)
         result["backends"]["ray_actor"] = measure(remote, lambda: None)
         remote.close()
