@@ -58,6 +58,22 @@ class ProbeConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """`experiments.reference`: the published SASRec recipe (its PyTorch port's MovieLens settings); change only to
+    study the reference."""
+
+    hidden: int = 50
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 200
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 200
+    eval_every: int = 20  # epochs between validations; the best validation epoch is kept
+
+
+@dataclass
 class ExperimentConfig(StackConfig):
     agent: Any = "sasrec"  # a name (`experiments.evaluate` lists them), module.Class, or a list of them
     split: str = "test"  # valid | test: the split evaluation reports
@@ -70,6 +86,7 @@ class ExperimentConfig(StackConfig):
     bench: BenchConfig = field(default_factory=BenchConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
 
 register_configs()
