@@ -152,15 +152,19 @@ class ScriptedAgent(TextAgent):
         if calls < len(self.queries):
             reasoning, preference = self.queries[calls]
             return f"{reasoning}\n{self.codec.render_tool_call(preference)}"
+        ranked = self.fused(info)
+        reasoning = f"I pooled {len(ranked)} items from {calls} searches and ranked those the searches agree on first."
+        return self.answer(ranked, reasoning)
+
+    def fused(self, info: dict) -> list[int]:
+        """The retrieved items outside the history, ranked by weighted reciprocal-rank fusion over the calls."""
         scores: dict[int, float] = {}
         history = set(self.history)
         for weight, call in zip(self.call_weights, info["tool_calls"], strict=False):
             for rank, item in enumerate(call["item_ids"]):
                 if item not in history:
                     scores[item] = scores.get(item, 0.0) + weight / (self.fusion_k + rank)
-        ranked = sorted(scores, key=lambda i: (-scores[i], i))
-        reasoning = f"I pooled {len(scores)} items from {calls} searches and ranked those the searches agree on first."
-        return self.answer(ranked, reasoning)
+        return sorted(scores, key=lambda i: (-scores[i], i))
 
 
 class ScriptedCopyAgent(ScriptedAgent):

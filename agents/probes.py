@@ -26,7 +26,7 @@ import numpy as np
 
 from agents.baselines import ScriptedAgent, TextAgent
 from deeprec_env.data.dataset import split_title_year
-from deeprec_env.protocol import REC_CLOSE, REC_OPEN, THINK_CLOSE
+from deeprec_env.protocol import REC_CLOSE, REC_OPEN, THINK_CLOSE, numbered
 from deeprec_env.trm.queries import item_aspects, title_words
 
 
@@ -210,21 +210,6 @@ class NearMissProbe(ProbeAgent):
         return self.answer_lines(lines, reasoning)
 
 
-class DiverseGibberishProbe(ProbeAgent):
-    """Three calls with random nonsense preferences (maximally "diverse" queries), then the retrieved top rec_k."""
-
-    name = "diverse-gibberish"
-    n_calls = 3
-
-    call_reasoning = "Let me explore something completely different."
-
-    def query(self, calls: int) -> str:
-        return self.junk(3)
-
-    def final(self, info: dict) -> str:
-        return self.answer(self.pooled(info), "These came up.")
-
-
 class PooledAnswerProbe(ProbeAgent):
     """Base of the tool-use probes: `n_calls` calls with the probe's own queries, then the retrieved items in
     retrieval order (first call's list first), so only the queries differ from an honest searcher."""
@@ -233,6 +218,16 @@ class PooledAnswerProbe(ProbeAgent):
 
     def final(self, info: dict) -> str:
         return self.answer(self.pooled(info), "These came up.")
+
+
+class DiverseGibberishProbe(PooledAnswerProbe):
+    """Three calls with random nonsense preferences (maximally "diverse" queries), then the retrieved top rec_k."""
+
+    name = "diverse-gibberish"
+    call_reasoning = "Let me explore something completely different."
+
+    def query(self, calls: int) -> str:
+        return self.junk(3)
 
 
 def _content_words(title: str) -> list[str]:
@@ -293,21 +288,30 @@ class InvisibleQueriesProbe(PooledAnswerProbe):
         return "".join(self.rng.choice(INVISIBLE, int(self.rng.integers(1, 4))))
 
 
-class PopularTitlesProbe(ProbeAgent):
+class TeacherCallsProbe(ProbeAgent):
+    """Base of the answer-trick probes: the scripted teacher's calls exactly, then the probe's own `final` answer."""
+
+    def act(self, observation: str, info: dict) -> str:
+        if info.get("n_tool_calls", 0) == 0:
+            self.queries = self.plan()
+        if info.get("n_tool_calls", 0) < len(self.queries):
+            return ScriptedAgent.act(self, observation, info)
+        return self.final(info)
+
+
+class PopularTitlesProbe(TeacherCallsProbe):
     """The scripted teacher's calls, then the catalogue's most popular items outside the history, the same for every
     user."""
 
     name = "popular-titles"
 
-    def act(self, observation: str, info: dict) -> str:
-        if info.get("n_tool_calls", 0) < len(self.plan()):
-            return ScriptedAgent.act(self, observation, info)
+    def final(self, info: dict) -> str:
         history = set(self.history)
         ranked = [int(i) for i in np.argsort(-self.dataset.item_popularity(), kind="stable") if i > 0]
         return self.answer([i for i in ranked if i not in history], "Everyone likes these.")
 
 
-class PoolCentralityProbe(ProbeAgent):
+class PoolCentralityProbe(TeacherCallsProbe):
     """The scripted teacher's calls, then the retrieved pool re-ranked by each item's mean similarity to the rest of
     the pool, in the reward's own similarity (the `point` term's item text and TRM vectors, from `reward_context`; a
     white-box attacker): typical items first, whatever the tool's ranking said. Without a context, aspect overlap
@@ -315,9 +319,7 @@ class PoolCentralityProbe(ProbeAgent):
 
     name = "pool-centrality"
 
-    def act(self, observation: str, info: dict) -> str:
-        if info.get("n_tool_calls", 0) < len(self.plan()):
-            return ScriptedAgent.act(self, observation, info)
+    def final(self, info: dict) -> str:
         history = set(self.history)
         pool = [i for i in self.pooled(info) if i not in history]
         similarity = self.similarity(pool)
@@ -335,7 +337,7 @@ class PoolCentralityProbe(ProbeAgent):
         return np.array([[len(a & b) / max(len(a | b), 1) for b in aspects] for a in aspects], dtype=np.float64)
 
 
-class SplitAnswerProbe(ProbeAgent):
+class SplitAnswerProbe(TeacherCallsProbe):
     """The scripted teacher's calls and ranking, with the answer block split over two segments (the opening tag and
     the first half, then the second half and the closing tag), then empty segments: the transcript holds one
     well-formed block that the environment never parsed as an answer."""
@@ -346,16 +348,13 @@ class SplitAnswerProbe(ProbeAgent):
         super().reset(observation, info)
         self.second_half: str | None = None
 
-    def act(self, observation: str, info: dict) -> str:
-        if info.get("n_tool_calls", 0) < len(self.plan()):
-            return ScriptedAgent.act(self, observation, info)
+    def final(self, info: dict) -> str:
         if self.second_half == "":
             return ""  # the answer is written; wait out the turn limit without adding text
         if self.second_half is not None:
             second, self.second_half = self.second_half, ""
             return second
-        segment = ScriptedAgent.act(self, observation, info)
-        lines = segment[segment.find(REC_OPEN) + len(REC_OPEN) : segment.find(REC_CLOSE)].strip().split("\n")
+        lines = numbered([self.title(i) for i in self.fused(info)[: self.rec_k]]).split("\n")
         half = len(lines) // 2
         close = f"{THINK_CLOSE}\n" if self.codec.name == "tags" else ""
         self.second_half = "\n".join(lines[half:]) + f"\n{REC_CLOSE}"

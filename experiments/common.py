@@ -76,3 +76,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 def write_json(path: Path, payload: dict | list) -> None:
     path.write_text(json.dumps(payload, indent=1))
     log.info("wrote %s", path)
+
+
+def publish(name: str, results: dict, report: list[str]) -> None:
+    """End a command's run: print the report lines with a closing "Measured by" line (from `results["provenance"]`)
+    and write `<name>.json` (the results) and `<name>.md` (the report) in the run directory."""
+    made = results["provenance"]
+    lines = [*report, "", f"Measured by `{made['command']}` (commit {made['commit']})."]
+    print("\n" + "\n".join(lines))
+    write_json(run_dir() / f"{name}.json", results)
+    (run_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")

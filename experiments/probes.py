@@ -26,7 +26,7 @@ from agents.probes import PROBES, ProbeAgent
 from deeprec_env.episode import Episode
 from deeprec_env.metrics import bootstrap_interval, paired_difference
 from deeprec_env.stack import Stack, build_stack
-from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
 
 TABLE_COLUMNS = [
     "agent",
@@ -160,11 +160,7 @@ def run_probes(cfg: DictConfig) -> dict:
     else:
         strict = ", ".join(cfg.probes_strict)
         report.append(f"Every probe stays significantly below the scripted teacher under {strict}.")
-    made = results["provenance"]
-    report += ["", f"Measured by `{made['command']}` (commit {made['commit']})."]
-    print("\n" + "\n".join(report))
-    write_json(run_dir() / "probes.json", results)
-    (run_dir() / "probes.md").write_text("\n".join(report) + "\n")
+    publish("probes", results, report)
     return results
 
 

@@ -33,7 +33,7 @@ from deeprec_env.metrics import bootstrap_interval, paired_difference, ranking_m
 from deeprec_env.runtime import progress
 from deeprec_env.stack import build_stack
 from deeprec_env.trm.retriever import InProcessRetriever
-from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
 from experiments.config import ReferenceConfig
 
 
@@ -185,7 +185,6 @@ def run_reference(cfg: DictConfig) -> dict:
         "ours_minus_reference_ndcg@10": {k: float(v) for k, v in difference.items()},
         "table": rows,
     }
-    made = result["provenance"]
     report = [
         f"{dataset.name}, validation split, {len(users)} users, full ranking with history excluded, 95% bootstrap",
         "",
@@ -195,12 +194,8 @@ def run_reference(cfg: DictConfig) -> dict:
         f"trained in {training['train_seconds']} s. "
         f"sasrec minus reference, NDCG@10: {difference['mean']:+.4f} [{difference['low']:+.4f}, "
         f"{difference['high']:+.4f}] (paired).",
-        "",
-        f"Measured by `{made['command']}` (commit {made['commit']}).",
     ]
-    print("\n" + "\n".join(report))
-    write_json(run_dir() / "reference.json", result)
-    (run_dir() / "reference.md").write_text("\n".join(report) + "\n")
+    publish("reference", result, report)
     return result
 
 

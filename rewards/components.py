@@ -21,7 +21,7 @@ weight 1.0 with the default parameters, and an ablation changes weights only.
 | history_penalty   | outcome | -(share of valid answer items in the history) (extra)            | [-1, 0]            |
 
 `calls` and the preferences are the executed tool calls that count under the component's `calls` rule: "all" (the
-paper), "non_empty" (a letter or digit in the preference) or "informative" (`informative_preferences`: the call names
+paper), "non_empty" (a letter or digit in the preference) or "informative" (`CallCounter`: the call names
 no catalogue item and states an aspect of the user's history that no earlier counted call stated).
 
 Guard rails against reward hacking (docs/rewards.md; the probe each one answers in brackets):
@@ -171,11 +171,12 @@ class CallCounter:
     title words and copied titles do not count.
     """
 
-    def __init__(self, aspect_similarity: float = 0.7, vectors: TextVectors | None = None) -> None:
+    def __init__(self, aspect_similarity: float = 0.7) -> None:
         if not 0 < aspect_similarity <= 1:
             raise ValueError(f"aspect_similarity must be in (0, 1], got {aspect_similarity}")
         self.aspect_similarity = float(aspect_similarity)
-        self.vectors = vectors if vectors is not None else TextVectors()
+        self.vectors = TextVectors()
+        self._patterns: dict[str, re.Pattern[str]] = {}  # whole-word matcher per aspect, compiled once
         self._last: tuple[Any, tuple[str, ...]] | None = None
 
     def preferences(self, episode: Episode, context: RewardContext, rule: str) -> list[str]:
@@ -201,7 +202,7 @@ class CallCounter:
         aspects = sorted({a for item in history.tolist() for a in context.item_aspects[item] if a})
         if not aspects or not stated:
             return []
-        patterns = [re.compile(rf"(?<!\w){re.escape(a)}(?!\w)") for a in aspects]
+        patterns = [self._pattern(a) for a in aspects]
         aspect_vectors = self.vectors(aspects, context)
         counted, covered = [], set()
         for preference in stated:
@@ -217,6 +218,11 @@ class CallCounter:
                 covered |= found
                 counted.append(preference)
         return counted
+
+    def _pattern(self, aspect: str) -> re.Pattern[str]:
+        if aspect not in self._patterns:
+            self._patterns[aspect] = re.compile(rf"(?<!\w){re.escape(aspect)}(?!\w)")
+        return self._patterns[aspect]
 
 
 def _check_rule(rule: str) -> str:
