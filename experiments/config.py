@@ -59,8 +59,8 @@ class ProbeConfig:
 
 @dataclass
 class ReferenceConfig:
-    """`experiments.reference`: the published SASRec recipe (its PyTorch port's MovieLens settings); change only to
-    study the reference."""
+    """`experiments.reference`: the published SASRec recipe (the paper's MovieLens settings; `configs/reference/`
+    holds its settings for other datasets); change only to study the reference."""
 
     hidden: int = 50
     blocks: int = 2
@@ -71,6 +71,7 @@ class ReferenceConfig:
     batch_size: int = 128
     epochs: int = 200
     eval_every: int = 20  # epochs between validations; the best validation epoch is kept
+    patience: int | None = None  # stop after this many validations without improvement (None: train every epoch)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`python -m experiments.evaluate dataset=NAME agent=NAME` (or `agent=[pop,sasrec,...]`): every agent on the same
 users of the split, full ranking.
 
-Agents: ID-level rankers (`pop`, `sasrec`, `trm`, `trm-oracle`, `trm-mismatch`), text agents that act through the
+Agents: ID-level rankers (`pop`, `reference`: the published SASRec recipe of `experiments.reference`, `sasrec`, `trm`,
+`trm-oracle`, `trm-mismatch`), text agents that act through the
 environment (`random`, `trm-agent`, `scripted`, `scripted-copy`, `oracle`, or a class path `my_pkg.module.MyAgent`),
 and `llm`, the trained policy at `policy.path`. A trained policy is evaluated in the env it was trained with (its
 `deeprec.json`); the run's other text agents play that env too, and a command-line `env.*` override that contradicts
@@ -52,7 +53,7 @@ TABLE_COLUMNS = [
     "format_ok",
     "reward",
 ]
-ID_AGENTS = ("pop", "sasrec", "trm", "trm-oracle", "trm-mismatch")
+ID_AGENTS = ("pop", "reference", "sasrec", "trm", "trm-oracle", "trm-mismatch")
 
 
 def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
@@ -76,6 +77,11 @@ def id_ranker(cfg: DictConfig, stack: Stack, name: str, users: np.ndarray) -> tu
         return popularity_scorer(stack.dataset), None
     if name == "sasrec":
         return InProcessRetriever(stack.recommender("sasrec")[0]).scores, None
+    if name == "reference":
+        from experiments.config import ReferenceConfig
+        from experiments.reference import load_or_train_reference
+
+        return load_or_train_reference(stack, ReferenceConfig(**cfg.reference), cfg.seed)[0].scores, None
     queries = {int(u): "" for u in users}
     if name != "trm":
         queries = oracle_queries(cfg, stack.dataset, users, mismatch=name == "trm-mismatch")

@@ -16,9 +16,11 @@ users, so that a change which weakens the baseline shows up. The test split is n
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -27,11 +29,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset, stack_histories
 from deeprec_env.evaluation import Scorer, evaluate_scorer
 from deeprec_env.metrics import bootstrap_interval, paired_difference, ranking_metrics
 from deeprec_env.runtime import progress
-from deeprec_env.stack import build_stack
+from deeprec_env.stack import Stack, build_stack
 from deeprec_env.trm.retriever import InProcessRetriever
 from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
 from experiments.config import ReferenceConfig
@@ -155,8 +158,26 @@ def train_reference(dataset: RecDataset, config: ReferenceConfig, seed: int = 0)
             if metrics["ndcg@10"] > best["ndcg@10"]:
                 best = {"epoch": epoch, **metrics}
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            elif config.patience and epoch >= best["epoch"] + config.patience * config.eval_every:
+                break
     model.load_state_dict(best_state)
     return model, {"best": best, "history": history, "train_seconds": round(time.perf_counter() - started, 1)}
+
+
+def load_or_train_reference(stack: Stack, config: ReferenceConfig, seed: int) -> tuple[ReferenceSASRec, dict]:
+    """The reference trained on the stack's dataset, from the artifact cache (keyed by the recipe and seed) or
+    trained now; `experiments.evaluate agent=reference` ranks with the same cached model."""
+    directory = Path(stack.root) / f"reference-sasrec-{config_hash(asdict(config) | {'seed': seed})}"
+
+    def build(tmp: Path) -> None:
+        model, training = train_reference(stack.dataset, config, seed)
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "train_log.json").write_text(json.dumps(training, indent=1))
+
+    cached(directory, build, "reference SASRec")
+    model = ReferenceSASRec(stack.dataset.n_items, config)
+    model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
+    return model.eval(), json.loads((directory / "train_log.json").read_text())
 
 
 def run_reference(cfg: DictConfig) -> dict:
@@ -164,7 +185,7 @@ def run_reference(cfg: DictConfig) -> dict:
     dataset = stack.dataset
     config = ReferenceConfig(**cfg.reference)
     users = dataset.eval_users("valid")
-    reference, training = train_reference(dataset, config, cfg.seed)
+    reference, training = load_or_train_reference(stack, config, cfg.seed)
     sasrec, _ = stack.recommender("sasrec")
 
     ours = validation_metrics(InProcessRetriever(sasrec).scores, dataset, users)
@@ -190,7 +211,7 @@ def run_reference(cfg: DictConfig) -> dict:
         "",
         markdown_table(rows, list(rows[0])),
         "",
-        f"Reference best epoch {training['best']['epoch']} of {config.epochs}, "
+        f"Reference best epoch {training['best']['epoch']} of {training['history'][-1]['epoch']} trained, "
         f"trained in {training['train_seconds']} s. "
         f"sasrec minus reference, NDCG@10: {difference['mean']:+.4f} [{difference['low']:+.4f}, "
         f"{difference['high']:+.4f}] (paired).",

@@ -196,19 +196,22 @@ def test_evaluate_cli_writes_results(tmp_path):
         "-m",
         "experiments.evaluate",
         "dataset=synthetic",
-        "agent=[pop,sasrec]",
+        "agent=[pop,reference,sasrec]",
         f"artifacts={tmp_path / 'artifacts'}",
         f"hydra.run.dir={run}",
         "sasrec.train.max_steps=20",
+        "reference.epochs=2",
+        "reference.eval_every=1",
+        "reference.max_len=10",
         "dataset.synthetic.n_users=80",
         "dataset.synthetic.n_items=60",
         "eval.bootstrap=200",
     ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| pop |" in done.stdout and "| sasrec |" in done.stdout
+    assert "| pop |" in done.stdout and "| sasrec |" in done.stdout and "| reference |" in done.stdout
     records = json.loads((run / "results.json").read_text())
-    assert [r["agent"] for r in records] == ["pop", "sasrec"] and (run / "results.md").exists()
+    assert [r["agent"] for r in records] == ["pop", "reference", "sasrec"] and (run / "results.md").exists()
     for record in records:
         assert record["dataset"] == "synthetic" and record["split"] == "test" and record["n_users"] == 80
         m = record["metrics"]["ndcg@10"]

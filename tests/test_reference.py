@@ -56,3 +56,35 @@ def test_training_learns_and_keeps_the_best_validation_epoch(dataset):
     assert log["best"]["epoch"] == best["epoch"]
     kept = validation_metrics(model.scores, dataset, users)["ndcg@10"].mean()
     assert kept == pytest.approx(best["ndcg@10"]) and kept > untrained + 0.02
+
+
+def test_patience_stops_after_validations_without_improvement(dataset):
+    config = ReferenceConfig(hidden=16, max_len=20, batch_size=64, epochs=400, eval_every=1, patience=2, lr=0.05)
+    _, log = train_reference(dataset, config, seed=0)
+    epochs = [h["epoch"] for h in log["history"]]
+    assert epochs[-1] == log["best"]["epoch"] + 2 < 400
+    assert all(h["ndcg@10"] <= log["best"]["ndcg@10"] for h in log["history"])
+
+
+def test_the_recipe_takes_its_published_settings_per_dataset():
+    from deeprec_env.config import compose
+
+    movies, games = (compose("config", [f"dataset={name}"]).reference for name in ("ml-100k", "games"))
+    assert (movies.max_len, movies.dropout) == (200, 0.2) and (games.max_len, games.dropout) == (50, 0.5)
+
+
+def test_the_trained_reference_is_cached_and_reused(tmp_path, caplog):
+    from deeprec_env.config import compose
+    from deeprec_env.stack import build_stack
+    from experiments.reference import load_or_train_reference
+
+    overrides = ["dataset=synthetic", f"artifacts={tmp_path}", "dataset.synthetic.n_users=60", "reference.epochs=2"]
+    stack = build_stack(compose("config", overrides), with_reward=False)
+    config = ReferenceConfig(hidden=8, max_len=10, epochs=2, eval_every=1)
+    model, log = load_or_train_reference(stack, config, seed=0)
+    with caplog.at_level("INFO"):
+        again, again_log = load_or_train_reference(stack, config, seed=0)
+    assert "reusing cached reference SASRec" in caplog.text and again_log == log
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    other, _ = load_or_train_reference(stack, config, seed=1)
+    assert not torch.equal(other.items.weight, model.items.weight)

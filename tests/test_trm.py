@@ -1,17 +1,30 @@
 """The preference-aware TRM end to end on a small synthetic dataset with the real sentence encoder."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fakes import synthetic_dataset
 
 from deeprec_env.data.synthetic import synthetic_category_names
 from deeprec_env.evaluation import evaluate_scorer
 from deeprec_env.text import TextEncoder
-from deeprec_env.trm.model import ModelConfig
+from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.queries import category_query, query_phrasings
 from deeprec_env.trm.retriever import InProcessRetriever
-from deeprec_env.trm.train import TrainConfig, TRMConfig, checkpoint_dir, initialise_from_backbone, load_or_train
+from deeprec_env.trm.train import (
+    TrainConfig,
+    TRMConfig,
+    checkpoint_dir,
+    initialise_from_backbone,
+    learning_rate,
+    load_or_train,
+    next_item_loss,
+    query_bank_embeddings,
+    validation_ndcg,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +106,53 @@ def test_backbone_initialises_shared_layers_and_zero_fusion(trained):
     wider = TRMConfig(model=ModelConfig(max_len=10, hidden=16, n_layers=1, fuse_item_text=True, fuse_query=True))
     with pytest.raises(ValueError, match="same model.max_len, model.hidden"):
         initialise_from_backbone(type(model)(dataset.n_items, wider.model, model.item_text), backbone)
+
+
+def test_sampled_softmax_counts_the_target_and_its_drawn_negatives_only():
+    torch.manual_seed(0)
+    model = SequentialRecommender(12, ModelConfig(max_len=4, hidden=8, n_layers=1))
+    states, targets = torch.randn(5, 8), torch.tensor([1, 4, 4, 9, 12])
+    items = model.item_vectors()
+    full = next_item_loss(model, states, items, targets, 0, torch.Generator().manual_seed(0))
+    assert full.item() == pytest.approx(F.cross_entropy(model.logits(states, items), targets).item())
+    sampled = next_item_loss(model, states, items, targets, 3, torch.Generator().manual_seed(1))
+    drawn = torch.randint(1, 13, (3,), generator=torch.Generator().manual_seed(1))
+    all_scores = model.logits(states, items)
+    expected = [
+        torch.logsumexp(all_scores[row, [t.item(), *[d for d in drawn.tolist() if d != t.item()]]], 0)
+        - all_scores[row, t]
+        for row, t in enumerate(targets)
+    ]
+    assert sampled.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
+    sampled.backward()
+    assert model.item_embedding.weight.grad[drawn].abs().sum() > 0
+
+
+def test_learning_rate_warms_up_then_follows_its_schedule():
+    cosine = TrainConfig(lr=1.0, warmup_steps=4, schedule="cosine", max_steps=104)
+    assert [learning_rate(cosine, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(cosine, 54) == pytest.approx(0.5) and learning_rate(cosine, 104) == pytest.approx(0.0)
+    assert learning_rate(TrainConfig(lr=0.1), 10_000) == 0.1
+    with pytest.raises(ValueError, match="constant, cosine"):
+        learning_rate(TrainConfig(schedule="linear"), 0)
+
+
+def test_selection_weighs_the_oracle_query_when_asked(trained):
+    dataset, encoder, _, config, root, _ = trained
+    weighted = copy.deepcopy(config)
+    weighted.train.max_steps, weighted.train.eval_every, weighted.train.select_oracle_weight = 200, 50, 0.5
+    model, log = load_or_train(dataset, weighted, root, encoder, progress=False)
+    for evaluation in log["evaluations"]:
+        expected = evaluation["valid_ndcg@10"] + 0.5 * evaluation["valid_oracle_ndcg@10"]
+        assert evaluation["score"] == pytest.approx(expected)
+    best = max(log["evaluations"], key=lambda e: e["score"])
+    assert (log["best_step"], log["best_valid_ndcg10"]) == (best["step"], best["valid_ndcg@10"])
+    bank = torch.from_numpy(query_bank_embeddings(dataset, encoder, 2, 0, root))[:, 0]
+    assert validation_ndcg(model, dataset, dataset.eval_users("valid"), bank) == pytest.approx(
+        best["valid_oracle_ndcg@10"]
+    )
+    assert best["valid_oracle_ndcg@10"] > best["valid_ndcg@10"]  # the kept checkpoint follows queries
+    with pytest.raises(ValueError, match="select_oracle_weight needs a preference-aware model"):
+        sasrec = copy.deepcopy(config.backbone)
+        sasrec.train.select_oracle_weight = 1.0
+        load_or_train(dataset, sasrec, root, encoder, progress=False)

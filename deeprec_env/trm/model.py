@@ -127,14 +127,24 @@ class SequentialRecommender(nn.Module):
         present = (query_text.abs().sum(-1, keepdim=True) > 0).to(states.dtype)
         return self.query_norm(states + present * self.query_projection(query_text))
 
-    def logits(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Cosine similarity / temperature against every item; the padding column is -inf."""
-        items = F.normalize(self.item_vectors() if items is None else items, dim=-1)
-        scores = F.normalize(users, dim=-1) @ items.T / self.config.temperature
+    def logits(self, users: torch.Tensor, items: torch.Tensor | None = None, ids: torch.Tensor | None = None):
+        """Cosine similarity / temperature (+ item bias) against every item, the padding column -inf; or against
+        the items `ids` (m,) only, the same m columns for every row (sampled-softmax training)."""
+        items = self.item_vectors() if items is None else items
+        if ids is not None:
+            items = items[ids]
+        scores = F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.config.temperature
         if self.config.item_bias:
-            scores = scores + self.item_bias
-        scores[..., 0] = float("-inf")
+            scores = scores + (self.item_bias if ids is None else self.item_bias[ids])
+        if ids is None:
+            scores[..., 0] = float("-inf")
         return scores
+
+    def target_logits(self, users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor | None = None):
+        """(N,) each row's score of its own target: the diagonal of `logits(users, items, targets)`."""
+        items = (self.item_vectors() if items is None else items)[targets]
+        scores = (F.normalize(users, dim=-1) * F.normalize(items, dim=-1)).sum(-1) / self.config.temperature
+        return scores + self.item_bias[targets] if self.config.item_bias else scores
 
     def forward(
         self, histories: torch.Tensor, query_text: torch.Tensor | None = None, items: torch.Tensor | None = None

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -45,6 +46,7 @@ from deeprec_env import runtime
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import evaluate_scorer
+from deeprec_env.metrics import ranking_metrics, target_ranks
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
 
@@ -56,7 +58,10 @@ class TrainConfig:
     """Optimisation and early stopping."""
 
     lr: float = 3e-3
+    schedule: str = "constant"  # constant | cosine (from lr to 0 over max_steps, after the warmup)
+    warmup_steps: int = 0  # linear warmup from 0 to lr
     weight_decay: float = 0.0
+    negatives: int = 0  # 0: softmax over the whole catalogue; n > 0: sampled softmax against n uniform items
     batch_size: int = 128
     max_steps: int = 30000
     eval_every: int = 100  # optimizer steps between validations
@@ -66,6 +71,9 @@ class TrainConfig:
     query_variants: int = 4  # phrasings per item in the query bank
     query_swap: float = 0.0  # preference-aware training only: share of counterfactual (random target, its query)
     sequence_loss: float = 0.0  # preference-aware training only: weight of an extra empty-query loss on every target
+    # preference-aware training only: validation score = empty-query NDCG@10 + this weight x NDCG@10 with the oracle
+    # query (the target's first phrasing in the query bank), so the kept checkpoint also follows queries
+    select_oracle_weight: float = 0.0
     seed: int = 0
 
 
@@ -106,6 +114,55 @@ def _queries_for(targets: torch.Tensor, query_bank: torch.Tensor, train: TrainCo
     variant = torch.randint(query_bank.shape[1], targets.shape, generator=gen)
     keep = (torch.rand(targets.shape, generator=gen) >= train.query_dropout) | swap
     return targets, query_bank[targets, variant] * keep.unsqueeze(-1)
+
+
+def next_item_loss(
+    model: SequentialRecommender,
+    states: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Cross-entropy of each state's target: a softmax over the whole catalogue, or (`negatives` > 0) over the
+    target and `negatives` uniformly drawn items shared by the batch (a drawn item equal to a row's target does
+    not count as its negative)."""
+    if not negatives:
+        return F.cross_entropy(model.logits(states, items), targets)
+    sampled = torch.randint(1, items.shape[0], (negatives,), generator=gen)
+    negative = model.logits(states, items, sampled).masked_fill(sampled == targets.unsqueeze(-1), float("-inf"))
+    logits = torch.cat([model.target_logits(states, targets, items).unsqueeze(-1), negative], dim=-1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup, then constant or cosine to 0."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.schedule == "constant":
+        return train.lr
+    if train.schedule == "cosine":
+        progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
+        return train.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"train.schedule={train.schedule!r} is not one of: constant, cosine")
+
+
+def validation_ndcg(
+    model: SequentialRecommender, dataset: RecDataset, users: np.ndarray, oracle_bank: torch.Tensor | None = None
+) -> float:
+    """Mean validation NDCG@10 with the empty query, or with each target's oracle query when `oracle_bank`
+    ((n_items + 1, text_dim): one encoded phrasing per item) is given; full ranking, history excluded."""
+    retriever = InProcessRetriever(model)
+    if oracle_bank is None:
+        result = evaluate_scorer(retriever.scores, dataset, users, "valid", list_k=1)
+        return float(result.per_user()["ndcg@10"].mean())
+    ranks = []
+    for start in range(0, len(users), 256):
+        rows = [dataset.history_and_target(int(u), "valid") for u in users[start : start + 256]]
+        histories, targets = [h for h, _ in rows], np.asarray([t for _, t in rows])
+        scores = retriever.score_matrix(histories, oracle_bank[targets].numpy())
+        ranks.append(target_ranks(scores, targets, histories))
+    return float(ranking_metrics(np.concatenate(ranks))["ndcg@10"].mean())
 
 
 def initialise_from_backbone(model: SequentialRecommender, backbone: SequentialRecommender) -> None:
@@ -192,6 +249,8 @@ def train_model(
         initialise_from_backbone(model, initial)
     if config.model.fuse_query and query_bank is None:
         raise ValueError("a preference-aware model needs a query_bank to train on")
+    if train.select_oracle_weight and not config.model.fuse_query:
+        raise ValueError(f"{config.name}: train.select_oracle_weight needs a preference-aware model (fuse_query)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     windows = torch.from_numpy(training_windows(dataset, config.model.max_len))
     valid_users = dataset.eval_users("valid")
@@ -220,10 +279,14 @@ def train_model(
             "data_rng": gen.get_state(),
         }
 
-    def validate() -> float:
-        result = evaluate_scorer(InProcessRetriever(model).scores, dataset, valid_users, "valid", list_k=1)
+    def validate() -> dict[str, float]:
+        scores = {"valid_ndcg@10": validation_ndcg(model, dataset, valid_users)}
+        if train.select_oracle_weight:
+            scores["valid_oracle_ndcg@10"] = validation_ndcg(model, dataset, valid_users, query_bank[:, 0])
         model.train()
-        return float(result.per_user()["ndcg@10"].mean())
+        return scores | {
+            "score": scores["valid_ndcg@10"] + train.select_oracle_weight * scores.get("valid_oracle_ndcg@10", 0.0)
+        }
 
     model.train()
     bar = runtime.progress(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
@@ -243,11 +306,13 @@ def train_model(
             if config.model.fuse_query:
                 if train.sequence_loss:
                     empty = model.fuse(states, None)
-                    loss = train.sequence_loss * F.cross_entropy(model.logits(empty, items), targets)
+                    loss = train.sequence_loss * next_item_loss(model, empty, items, targets, train.negatives, gen)
                 targets, queries = _queries_for(targets, query_bank, train, gen)
                 states = model.fuse(states, queries)
-            loss = loss + F.cross_entropy(model.logits(states, items), targets)
+            loss = loss + next_item_loss(model, states, items, targets, train.negatives, gen)
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train, loop.step)
             loss.backward()
             optimizer.step()
             loop.step += 1
@@ -255,12 +320,12 @@ def train_model(
             bar.update()
             validated = loop.step % train.eval_every == 0 or loop.step >= train.max_steps
             if validated:
-                score, mean_loss = validate(), float(np.mean(loop.losses))
-                loop.evaluations.append(
-                    {"step": loop.step, "epoch": loop.epoch, "loss": mean_loss, "valid_ndcg@10": score}
-                )
-                bar.set_postfix(epoch=loop.epoch, loss=f"{mean_loss:.3f}", valid_ndcg10=f"{score:.4f}")
+                scores, mean_loss = validate(), float(np.mean(loop.losses))
+                loop.evaluations.append({"step": loop.step, "epoch": loop.epoch, "loss": mean_loss} | scores)
+                shown = {k.removeprefix("valid_").replace("@", ""): f"{v:.4f}" for k, v in scores.items()}
+                bar.set_postfix(epoch=loop.epoch, loss=f"{mean_loss:.3f}", **shown)
                 loop.losses = []
+                score = scores["score"]
                 if score > loop.best_score:
                     loop.best_score, loop.best_state, loop.stale = score, copy.deepcopy(model.state_dict()), 0
                 else:
@@ -279,12 +344,13 @@ def train_model(
                 raise KeyboardInterrupt
     model.load_state_dict(loop.best_state)
     model.eval()
-    best = max(loop.evaluations, key=lambda e: e["valid_ndcg@10"])
+    best = max(loop.evaluations, key=lambda e: e["score"])
     log_ = {
         "evaluations": loop.evaluations,
         "n_windows": len(windows),
         "n_valid_users": len(valid_users),
-        "best_valid_ndcg10": loop.best_score,
+        "best_valid_ndcg10": best["valid_ndcg@10"],
+        "best_valid_oracle_ndcg10": best.get("valid_oracle_ndcg@10"),
         "best_step": best["step"],
         "best_epoch": best["epoch"],
         "steps": loop.step,
@@ -295,7 +361,7 @@ def train_model(
     log.info(
         "trained %s: best valid NDCG@10 %.4f at step %d (epoch %d) of %d (%.0fs)",
         config.name,
-        loop.best_score,
+        log_["best_valid_ndcg10"],
         best["step"],
         best["epoch"],
         loop.step,
