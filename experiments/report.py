@@ -1,9 +1,11 @@
 """`python -m experiments.report DIR [DIR ...] --out DIR`: gather `results.json` files into a markdown table and PNG.
 
 Every directory is searched recursively for `results.json` (a list of agent records, as `experiments.evaluate` and the
-trainer's evaluation write them). Writes into `--out`: `results.json` (the records gathered), `report.md` (the table,
-the command and commit that made each source and this report) and `ndcg10.png` (NDCG@10 per dataset and agent with
-95% bootstrap intervals), and prints the table. This is how the files under `results/` are made.
+trainer's evaluation write them) and the `comparisons.json` beside it (paired differences between its agents). Writes
+into `--out`: `results.json` (the records gathered), `comparisons.json` (per source, its paired differences),
+`report.md` (the table, the paired NDCG@10 differences, the command and commit that made each source and this
+report) and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap intervals), and prints the table. This is
+how the files under `results/` are made.
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ def load_records(directories: list[Path]) -> list[tuple[Path, dict]]:
     if not records:
         raise SystemExit(f"no results.json under {', '.join(map(str, directories))}; run experiments.evaluate first")
     return records
+
+
+def load_comparisons(loaded: list[tuple[Path, dict]]) -> dict[str, dict]:
+    """Each source's paired differences (its `comparisons.json`, when one was written), keyed by the source's
+    dataset and split."""
+    found = {}
+    for path, record in loaded:
+        beside = path.with_name("comparisons.json")
+        if beside.exists():
+            found[f"{record['dataset']} {record['split']} ({path.parent.name})"] = json.loads(beside.read_text())
+    return found
+
+
+def comparison_table(found: dict[str, dict]) -> str:
+    rows = [
+        {"source": source, "pair": pair, "ndcg@10 difference": interval(diffs["ndcg@10"])}
+        | {"excludes 0": "yes" if diffs["ndcg@10"]["excludes_zero"] else "no"}
+        for source, pairs in found.items()
+        for pair, diffs in pairs.items()
+    ]
+    return markdown_table(rows, ["source", "pair", "ndcg@10 difference", "excludes 0"])
 
 
 def interval(metric: dict) -> str:
@@ -87,7 +110,14 @@ def main() -> None:
     records = [record for _, record in loaded]
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(records)
+    found = load_comparisons(loaded)
     made = provenance()
+    paired = [
+        "Paired differences (in each pair `a-vs-b`: a minus b, on the same users, 95% bootstrap):",
+        "",
+        comparison_table(found),
+        "",
+    ]
     body = [
         "# deeprec results",
         "",
@@ -95,6 +125,7 @@ def main() -> None:
         "",
         "![NDCG@10](ndcg10.png)",
         "",
+        *(paired if found else []),
         "Measured by:",
         *sources(loaded),
         "",
@@ -102,6 +133,8 @@ def main() -> None:
     ]
     (args.out / "report.md").write_text("\n".join(body) + "\n")
     (args.out / "results.json").write_text(json.dumps(records, indent=1))
+    if found:
+        (args.out / "comparisons.json").write_text(json.dumps(found, indent=1))
     plot(records, args.out / "ndcg10.png")
     print(text)
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'ndcg10.png'}")

@@ -222,6 +222,20 @@ def test_evaluate_cli_writes_results(tmp_path):
     for diffs in comparisons.values():
         for diff in diffs.values():
             assert diff["low"] <= diff["mean"] <= diff["high"]
+    report = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(run), "--out", str(tmp_path / "report")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    written = (tmp_path / "report" / "report.md").read_text()
+    difference = comparisons["sasrec-vs-reference"]["ndcg@10"]
+    assert f"| sasrec-vs-reference | {difference['mean']:.4f} [{difference['low']:.4f}," in written
+    assert json.loads((tmp_path / "report" / "comparisons.json").read_text()) == {
+        f"synthetic test ({run.name})": comparisons
+    }
 
 
 def test_unknown_agent_is_one_clear_line(tmp_path):
