@@ -1,6 +1,7 @@
 """The preference-aware TRM end to end on a small synthetic dataset with the real sentence encoder."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -156,3 +157,19 @@ def test_selection_weighs_the_oracle_query_when_asked(trained):
         sasrec = copy.deepcopy(config.backbone)
         sasrec.train.select_oracle_weight = 1.0
         load_or_train(dataset, sasrec, root, encoder, progress=False)
+
+
+def test_a_frozen_backbone_trains_only_the_fusion_layers(trained):
+    dataset, encoder, _, config, root, _ = trained
+    frozen = copy.deepcopy(config)
+    frozen.train.max_steps, frozen.train.eval_every, frozen.train.freeze_backbone = 60, 30, True
+    model, _ = load_or_train(dataset, frozen, root, encoder, progress=False)
+    backbone, _ = load_or_train(dataset, config.backbone, root, encoder, progress=False)
+    for name, weight in backbone.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight), name
+    assert (
+        torch.count_nonzero(model.query_projection[-1].weight) > 0
+        and torch.count_nonzero(model.text_projection.weight) > 0
+    )
+    with pytest.raises(ValueError, match="freeze_backbone needs a backbone"):
+        load_or_train(dataset, dataclasses.replace(frozen, backbone=None), root, encoder, progress=False)

@@ -74,6 +74,9 @@ class TrainConfig:
     # preference-aware training only: validation score = empty-query NDCG@10 + this weight x NDCG@10 with the oracle
     # query (the target's first phrasing in the query bank), so the kept checkpoint also follows queries
     select_oracle_weight: float = 0.0
+    # with a backbone: train only the layers it lacks (item text and query fusion), so the empty query keeps the
+    # backbone's sequential ranking plus what item text adds, and the query path cannot trade it away
+    freeze_backbone: bool = False
     seed: int = 0
 
 
@@ -247,11 +250,18 @@ def train_model(
     model = SequentialRecommender(dataset.n_items, config.model, item_text)
     if initial is not None:
         initialise_from_backbone(model, initial)
+        if train.freeze_backbone:
+            shared = initial.state_dict()
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name not in shared)
+    elif train.freeze_backbone:
+        raise ValueError(f"{config.name}: train.freeze_backbone needs a backbone to start from")
     if config.model.fuse_query and query_bank is None:
         raise ValueError("a preference-aware model needs a query_bank to train on")
     if train.select_oracle_weight and not config.model.fuse_query:
         raise ValueError(f"{config.name}: train.select_oracle_weight needs a preference-aware model (fuse_query)")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=train.lr, weight_decay=train.weight_decay)
     windows = torch.from_numpy(training_windows(dataset, config.model.max_len))
     valid_users = dataset.eval_users("valid")
     if train.valid_users and len(valid_users) > train.valid_users:
@@ -396,8 +406,9 @@ def _checkpoint_key(config: TRMConfig, encoder=None, catalogue: str | None = Non
     # fields added after checkpoints existed leave the key as it was while at their neutral value
     if config.backbone is None:
         del key["backbone"]
-    if not config.train.sequence_loss:
-        del key["train"]["sequence_loss"]
+    for name in ("sequence_loss", "freeze_backbone"):
+        if not key["train"][name]:
+            del key["train"][name]
     return key
 
 
