@@ -409,6 +409,8 @@ def _checkpoint_key(config: TRMConfig, encoder=None, catalogue: str | None = Non
     for name in ("sequence_loss", "freeze_backbone"):
         if not key["train"][name]:
             del key["train"][name]
+    if key.get("backbone") and not key["backbone"]["train"]["freeze_backbone"]:
+        del key["backbone"]["train"]["freeze_backbone"]
     return key
 
 
