@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,13 +33,14 @@ def evaluate_scorer(
     dataset: RecDataset,
     users: np.ndarray,
     split: str,
-    queries: Callable[[int], str] | None = None,
+    queries: Callable[[int], Any] | None = None,
     exclude_history: bool = True,
     batch_size: int = 256,
     list_k: int = 20,
     progress: bool = False,
 ) -> Evaluation:
-    """Rank the whole catalogue for each user's split target; history items are excluded by default."""
+    """Rank the whole catalogue for each user's split target; history items are excluded by default. `queries`
+    gives each user's query as `score` takes it (text for a `Scorer`; a scorer of encoded queries takes vectors)."""
     ranks, lists = [], []
     for start in progress_bar(range(0, len(users), batch_size), desc=f"evaluate {split}", disable=not progress):
         batch = users[start : start + batch_size]

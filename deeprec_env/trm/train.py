@@ -46,7 +46,6 @@ from deeprec_env import runtime
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import evaluate_scorer
-from deeprec_env.metrics import ranking_metrics, target_ranks
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.retriever import InProcessRetriever
 
@@ -156,16 +155,18 @@ def validation_ndcg(
     """Mean validation NDCG@10 with the empty query, or with each target's oracle query when `oracle_bank`
     ((n_items + 1, text_dim): one encoded phrasing per item) is given; full ranking, history excluded."""
     retriever = InProcessRetriever(model)
-    if oracle_bank is None:
-        result = evaluate_scorer(retriever.scores, dataset, users, "valid", list_k=1)
-        return float(result.per_user()["ndcg@10"].mean())
-    ranks = []
-    for start in range(0, len(users), 256):
-        rows = [dataset.history_and_target(int(u), "valid") for u in users[start : start + 256]]
-        histories, targets = [h for h, _ in rows], np.asarray([t for _, t in rows])
-        scores = retriever.score_matrix(histories, oracle_bank[targets].numpy())
-        ranks.append(target_ranks(scores, targets, histories))
-    return float(ranking_metrics(np.concatenate(ranks))["ndcg@10"].mean())
+    score, queries = retriever.scores, None
+    if oracle_bank is not None:
+        bank = oracle_bank.numpy()
+
+        def score(histories, vectors):
+            return retriever.score_matrix(histories, np.stack(vectors))
+
+        def queries(user):
+            return bank[dataset.history_and_target(user, "valid")[1]]
+
+    result = evaluate_scorer(score, dataset, users, "valid", queries, list_k=1)
+    return float(result.per_user()["ndcg@10"].mean())
 
 
 def initialise_from_backbone(model: SequentialRecommender, backbone: SequentialRecommender) -> None:
