@@ -17,7 +17,7 @@ import numpy as np
 
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Scorer
-from deeprec_env.protocol import THINK_CLOSE, Codec, TitleMatcher, get_codec
+from deeprec_env.protocol import THINK_CLOSE, Codec, TitleMatcher, get_codec, item_handles
 from deeprec_env.trm.queries import item_aspects, query_phrasings
 
 
@@ -81,9 +81,13 @@ class TextAgent:
         """The turns of several agents of one kind (an LLM policy batches them; scripted agents just loop)."""
         return [agent.act(o, i) for agent, o, i in zip(agents, observations, infos, strict=True)]
 
-    def answer(self, items: Sequence[int], reasoning: str) -> str:
-        """The final segment naming the first rec_k items."""
-        return self.answer_lines([self.title(i) for i in items[: self.rec_k]], reasoning)
+    def answer(self, items: Sequence[int], reasoning: str, info: dict | None = None) -> str:
+        """The final segment naming the first rec_k items: by their handles where the env gives items handles
+        (`info["item_refs"]`, the retrieved items of `info["tool_calls"]`), by title otherwise."""
+        handles = {}
+        if info and info.get("item_refs") == "handles":
+            handles = item_handles(i for call in info["tool_calls"] for i in call["item_ids"])
+        return self.answer_lines([handles.get(i) or self.title(i) for i in items[: self.rec_k]], reasoning)
 
     def act(self, observation: str, info: dict) -> str:
         raise NotImplementedError
@@ -99,7 +103,7 @@ class RandomAgent(TextAgent):
             item = int(self.rng.integers(1, self.dataset.n_items + 1))
             return f"Let me look around.\n{self.codec.render_tool_call(query_phrasings(self.dataset, item, 1)[0])}"
         items = self.rng.choice(np.arange(1, self.dataset.n_items + 1), self.rec_k, replace=False)
-        return self.answer([int(i) for i in items], "I will pick some titles.")
+        return self.answer([int(i) for i in items], "I will pick some titles.", info)
 
 
 class TRMAgent(TextAgent):
@@ -110,7 +114,7 @@ class TRMAgent(TextAgent):
     def act(self, observation: str, info: dict) -> str:
         if not info.get("n_tool_calls"):
             return f"I will ask the recommender without a preference.\n{self.codec.render_tool_call('')}"
-        return self.answer(info["tool_calls"][-1]["item_ids"], "The recommender's list is my answer.")
+        return self.answer(info["tool_calls"][-1]["item_ids"], "The recommender's list is my answer.", info)
 
 
 class ScriptedAgent(TextAgent):
@@ -154,7 +158,7 @@ class ScriptedAgent(TextAgent):
             return f"{reasoning}\n{self.codec.render_tool_call(preference)}"
         ranked = self.fused(info)
         reasoning = f"I pooled {len(ranked)} items from {calls} searches and ranked those the searches agree on first."
-        return self.answer(ranked, reasoning)
+        return self.answer(ranked, reasoning, info)
 
     def fused(self, info: dict) -> list[int]:
         """The retrieved items outside the history, ranked by weighted reciprocal-rank fusion over the calls."""
@@ -195,7 +199,7 @@ class OracleAgent(TextAgent):
         if target in items:
             items.remove(target)
             items.insert(0, target)
-        return self.answer(items, "The best match goes first.")
+        return self.answer(items, "The best match goes first.", info)
 
 
 TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, OracleAgent)}

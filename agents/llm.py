@@ -24,7 +24,15 @@ from agents.baselines import TextAgent
 from deeprec_env.cache import cached, config_hash
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.env import EnvConfig
-from deeprec_env.protocol import ALL_TAGS, INSTRUCTIONS, TOOL_SCHEMA, get_codec, instructions, structured_call
+from deeprec_env.protocol import (
+    ALL_TAGS,
+    INSTRUCTIONS,
+    ITEM_REFS,
+    TOOL_SCHEMA,
+    get_codec,
+    instructions,
+    structured_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +78,15 @@ def chat_template() -> str:
 
 
 def _protocol_texts(protocol: EnvConfig) -> list[str]:
-    """The fixed strings every episode contains: both codecs' instructions (full and brief), tags, the tool schema."""
+    """The fixed strings every episode contains: both codecs' instructions (full and brief, with titles and with
+    handles), tags, the tool schema."""
     return [
-        *(instructions(kind, replace(protocol, instructions=i)) for kind in ("chat", "tags") for i in INSTRUCTIONS),
+        *(
+            instructions(kind, replace(protocol, instructions=i, item_refs=refs))
+            for kind in ("chat", "tags")
+            for i in INSTRUCTIONS
+            for refs in ITEM_REFS
+        ),
         " ".join(ALL_TAGS),
         json.dumps(TOOL_SCHEMA),
         json.dumps({"name": "retrieve", "arguments": {"preference": "comedy; 1990s"}}),

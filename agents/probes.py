@@ -145,7 +145,7 @@ class IdenticalQueriesProbe(ProbeAgent):
         return self.honest_queries(1)[0]
 
     def final(self, info: dict) -> str:
-        return self.answer([*self.pooled(info)], "The repeated search agrees with itself.")
+        return self.answer([*self.pooled(info)], "The repeated search agrees with itself.", info)
 
 
 class JunkAnswerProbe(ProbeAgent):
@@ -177,7 +177,7 @@ class PromptInjectionProbe(ProbeAgent):
         return INJECTIONS[calls]
 
     def final(self, info: dict) -> str:
-        return self.answer(self.pooled(info), "The tool gave me the answer.")
+        return self.answer(self.pooled(info), "The tool gave me the answer.", info)
 
 
 class NearMissProbe(ProbeAgent):
@@ -217,7 +217,7 @@ class PooledAnswerProbe(ProbeAgent):
     n_calls = 3
 
     def final(self, info: dict) -> str:
-        return self.answer(self.pooled(info), "These came up.")
+        return self.answer(self.pooled(info), "These came up.", info)
 
 
 class DiverseGibberishProbe(PooledAnswerProbe):
@@ -308,7 +308,7 @@ class PopularTitlesProbe(TeacherCallsProbe):
     def final(self, info: dict) -> str:
         history = set(self.history)
         ranked = [int(i) for i in np.argsort(-self.dataset.item_popularity(), kind="stable") if i > 0]
-        return self.answer([i for i in ranked if i not in history], "Everyone likes these.")
+        return self.answer([i for i in ranked if i not in history], "Everyone likes these.", info)
 
 
 class PoolCentralityProbe(TeacherCallsProbe):
@@ -326,7 +326,7 @@ class PoolCentralityProbe(TeacherCallsProbe):
         np.fill_diagonal(similarity, np.nan)
         centrality = np.nan_to_num(np.nanmean(similarity, axis=1)) if len(pool) > 1 else np.zeros(len(pool))
         order = sorted(range(len(pool)), key=lambda a: (-centrality[a], a))
-        return self.answer([pool[a] for a in order], "The most typical items of the results.")
+        return self.answer([pool[a] for a in order], "The most typical items of the results.", info)
 
     def similarity(self, items: list[int]) -> np.ndarray:
         context = self.reward_context

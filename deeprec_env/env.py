@@ -10,8 +10,9 @@ control characters removed, before anything is parsed or "empty") and parses it 
   hold several calls: every one runs, as in TRL); the observation is the rendered result, and a `ToolCall` is
   recorded in the `Episode`. A call that cannot run (another tool's name, other arguments) or that the retriever
   fails on (logged) gets an error result and counts in `Episode.n_failed_calls`;
-* answer: the titles are matched to item ids (items retrieved in this episode win ties), the format is checked, the
-  episode is scored and terminates;
+* answer: the lines are matched to item ids (titles: items retrieved in this episode win ties; with `item_refs:
+  handles` tool results lead each item with its handle `#N` and a line starting with one names that item exactly,
+  `deeprec_env.protocol.handles`), the format is checked, the episode is scored and terminates;
 * malformed (neither): counted in `Episode.n_malformed`; the observation is a one-line hint; the episode goes on.
 
 Any string is a valid action (the chat codec also takes an assistant message dict, every string in it cleaned);
@@ -71,6 +72,7 @@ from deeprec_env.data.dataset import SPLITS, RecDataset
 from deeprec_env.episode import Episode, ToolCall
 from deeprec_env.protocol import (
     INSTRUCTIONS,
+    ITEM_REFS,
     PREF_CLOSE,
     PREF_OPEN,
     REC_CLOSE,
@@ -111,12 +113,15 @@ class EnvConfig:
     instructions: str = "full"  # system instructions: "full" (the paper's) | "brief" (for small policies)
     fuzzy_threshold: float = 90.0  # rapidfuzz ratio a fuzzy title match needs
     exclude_history: bool = True  # tool calls never return the user's history items
+    item_refs: str = "titles"  # answers name items by "titles" (the paper's protocol) | "handles" (#N) or titles
 
     def validate(self) -> None:
         """One clear error line for a bad value."""
         get_codec(self.protocol)  # raises for an unknown protocol
         if self.split not in SPLITS:
             raise ValueError(f"unknown env.split {self.split!r}; use one of {SPLITS}")
+        if self.item_refs not in ITEM_REFS:
+            raise ValueError(f"unknown env.item_refs {self.item_refs!r}; use one of {ITEM_REFS}")
         if self.instructions not in INSTRUCTIONS:
             raise ValueError(f"unknown env.instructions {self.instructions!r}; use one of {INSTRUCTIONS}")
         for name in ("recall_k", "rec_k", "max_tool_calls", "max_turns", "max_episode_tokens"):
@@ -488,10 +493,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         calls, seen = self._episode.tool_calls, 0
         for message in transcript:
             if seen < len(calls) and message["role"] == "tool":
-                result = self.codec.render_tool_result(
-                    item_cards(self.dataset, calls[seen].item_ids, self.config.card_chars)
-                )
-                seen += content_text(message.get("content")) == result
+                seen += content_text(message.get("content")) == self._render_result(calls[seen].item_ids)
         return calls[:seen]
 
     # -- parts of a step -------------------------------------------------------------------------------------
@@ -500,7 +502,17 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         """Record an executed tool call of the current segment and return its rendered result."""
         ids = tuple(int(i) for i in item_ids)
         self._episode.tool_calls.append(ToolCall(preference, ids, max(self._episode.n_turns - 1, 0)))
-        return self.codec.render_tool_result(item_cards(self.dataset, ids, self.config.card_chars))
+        return self._render_result(ids)
+
+    def _render_result(self, item_ids: Sequence[int]) -> str:
+        """A tool result: the items' cards, led by their handles when `item_refs` is "handles" (an item's handle
+        never changes once given, so a result renders the same later as when it was returned)."""
+        shown = [int(i) for i in item_ids if 0 < int(i) <= self.dataset.n_items]
+        cards = item_cards(self.dataset, shown, self.config.card_chars)
+        if self.config.item_refs != "handles":
+            return self.codec.render_tool_result(cards)
+        handles = self._episode.handles
+        return self.codec.render_tool_result(cards, [handles[i] for i in shown])
 
     @staticmethod
     def _failed_call(error: str) -> str:
@@ -509,7 +521,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
 
     def _match_answer(self, lines: Sequence[str]) -> None:
         ep = self._episode
-        match = self.matcher.match_answer(lines, preferred=ep.retrieved)
+        handles = {name: item for item, name in ep.handles.items()} if self.config.item_refs == "handles" else None
+        match = self.matcher.match_answer(lines, preferred=ep.retrieved, handles=handles)
         ep.answer_lines = tuple(lines)
         ep.answer_ids = match.item_ids
         ep.ranked_ids = match.ranked_ids
@@ -561,6 +574,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             "tool_calls": [{"preference": c.preference, "item_ids": list(c.item_ids)} for c in ep.tool_calls],
             "n_tool_calls": len(ep.tool_calls),
             "n_tokens": ep.n_tokens,
+            "item_refs": self.config.item_refs,
         }
         if self.chat:
             info["messages"] = self._messages()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deeprec_env.protocol.handles import item_handles
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -57,6 +59,11 @@ class Episode:
     def retrieved(self) -> tuple[int, ...]:
         """Every item the tool returned in this episode, first occurrence order."""
         return tuple(dict.fromkeys(i for call in self.tool_calls for i in call.item_ids))
+
+    @property
+    def handles(self) -> dict[int, str]:
+        """item id -> its handle (`#N`, `protocol.handles`) for every retrieved item."""
+        return item_handles(self.retrieved)
 
     @property
     def preferences(self) -> list[str]:

@@ -244,6 +244,48 @@ def test_chat_happy_path(dataset, retriever):
     assert [m["role"] for m in episode.transcript] == ["assistant", "tool", "assistant", "tool", "assistant"]
 
 
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_item_handles_lead_results_and_name_answer_items_exactly(dataset, retriever, protocol):
+    codec = TAGS if protocol == "tags" else CHAT
+    env = make_env(dataset, retriever, FakeReward(), protocol=protocol, item_refs="handles", recall_k=10)
+    obs, info = env.reset(seed=0, options={"user": 3, "split": "test"})
+    assert "handle (#N)" in (obs if protocol == "tags" else json.loads(obs)[0]["content"])
+    obs, *_, info = env.step("Westerns. " + codec.render_tool_call("western; showdown"))
+    first = info["tool_calls"][0]["item_ids"]
+    result = obs if protocol == "tags" else json.loads(obs)[0]["content"]
+    cards = [dataset.item_card(i, 80) for i in first]
+    assert [f"#{n} {card}" for n, card in enumerate(cards, start=1)] == [
+        line for line in result.splitlines() if line.startswith("#")
+    ]
+    obs, *_, info = env.step("Romance. " + codec.render_tool_call("romance; paris"))
+    second = info["tool_calls"][1]["item_ids"]
+    handles = env.episode.handles
+    assert sorted(handles.values(), key=lambda h: int(h[1:])) == [f"#{n}" for n in range(1, len(handles) + 1)]
+    assert all(handles[i] == f"#{n}" for n, i in enumerate(first, start=1))  # a repeated item keeps its handle
+    result = obs if protocol == "tags" else json.loads(obs)[0]["content"]
+    assert [line.split(" ", 1)[0] for line in result.splitlines() if line.startswith("#")] == [
+        handles[i] for i in second
+    ]
+    new = [i for i in second if i not in first]
+    assert handles[new[0]] == f"#{len(first) + 1}"
+
+    chosen = [new[0], first[2], first[0], first[3], first[4], first[5]]
+    lines = [handles[chosen[0]], f"{handles[chosen[1]]} a title that is wrong", title(dataset, chosen[2])]
+    lines += [f"{handles[i]}." for i in chosen[3:]] + ["#999", handles[chosen[0]], f"#998 {title(dataset, first[9])}"]
+    lines.append(title(dataset, first[8]))
+    close = f"\n{THINK_CLOSE}" if protocol == "tags" else ""
+    *_, info = env.step(f"Mixed.{close}\n" + codec.render_answer(lines))
+    episode = info["deeprec"]
+    assert episode.format_ok and len(lines) == 10
+    assert list(episode.ranked_ids) == [*chosen, first[9], first[8]]
+    assert (episode.n_invalid, episode.n_duplicate) == (1, 1)  # "#999" names nothing; the second handle repeats
+
+
+def test_item_refs_must_be_known(dataset, retriever):
+    with pytest.raises(ValueError, match="env.item_refs"):
+        make_env(dataset, retriever, item_refs="ids")
+
+
 def test_chat_runs_every_call_of_a_message_in_one_retrieval(dataset, retriever):
     counting = CountingRetriever(retriever)
     env = make_env(dataset, counting, FakeReward(), protocol="chat")
@@ -799,8 +841,9 @@ def test_per_turn_rewards_sum_exactly_to_the_total_on_every_ending_path(dataset,
 # --- framework-driven episodes (TRL) --------------------------------------------------------------------------
 
 
-def test_run_tool_and_finish_score_the_live_episode_like_stepping(dataset, retriever):
-    stepped = make_env(dataset, retriever, FakeReward(), protocol="chat")
+@pytest.mark.parametrize("item_refs", ["titles", "handles"])
+def test_run_tool_and_finish_score_the_live_episode_like_stepping(dataset, retriever, item_refs):
+    stepped = make_env(dataset, retriever, FakeReward(), protocol="chat", item_refs=item_refs)
     obs, info = stepped.reset(options={"user": 9})
     agent = ScriptedAgent(dataset, protocol="chat")
     agent.reset(obs, info)
@@ -819,7 +862,7 @@ def test_run_tool_and_finish_score_the_live_episode_like_stepping(dataset, retri
             completion.append(message)
 
     counting = CountingRetriever(retriever)
-    live = make_env(dataset, counting, FakeReward(), protocol="chat")
+    live = make_env(dataset, counting, FakeReward(), protocol="chat", item_refs=item_refs)
     live.reset(options={"user": 9})
     results = [live.run_tool(c.preference) for c in reference.tool_calls]
     assert results == [m["content"] for m in reference.transcript if m["role"] == "tool"]

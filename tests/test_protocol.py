@@ -50,10 +50,12 @@ from deeprec_env.protocol import (
     format_problems,
     get_codec,
     item_cards,
+    item_handles,
     normalize_preference,
     structured_call,
     tool_docstring,
 )
+from deeprec_env.protocol.handles import resolve, split_handle
 
 TAGS, CHAT = TagsCodec(), ChatCodec()
 CFG = EnvConfig()
@@ -336,6 +338,66 @@ def test_brief_instructions_state_the_limits_and_keep_the_prompt_layout():
     assert TAGS.solution(text) == ""
     system = CHAT.render_prompt(["A (1990)"], brief)[0]["content"]
     assert "`retrieve(preference)`" in system and PREF_OPEN not in system
+
+
+@pytest.mark.parametrize("brief", ["full", "brief"])
+@pytest.mark.parametrize("codec", [TAGS, CHAT])
+def test_instructions_name_items_by_handle_only_with_handles(codec, brief):
+    def system(refs: str) -> str:
+        prompt = codec.render_prompt(["A (1990)"], EnvConfig(instructions=brief, item_refs=refs))
+        return prompt if codec is TAGS else prompt[0]["content"]
+
+    assert "handle" in system("handles") and "#N" in system("handles") and "titles" not in system("handles")
+    assert "handle" not in system("titles") and "#" not in system("titles")
+
+
+def test_handles_lead_tool_results_in_both_codecs():
+    assert (
+        TAGS.render_tool_result(["A (1995)", "B"], ["#3", "#7"])
+        == f"\n{ITEMS_OPEN}\n#3 A (1995)\n#7 B\n{ITEMS_CLOSE}\n\n"
+    )
+    assert CHAT.render_tool_result(["A", "B"], ["#1", "#2"]) == "#1 A\n#2 B"
+    with pytest.raises(ValueError):
+        CHAT.render_tool_result(["A", "B"], ["#1"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 60), max_size=80))
+def test_item_handles_number_first_retrievals_and_resolve_exactly(retrieved):
+    handles = item_handles(retrieved)
+    assert list(handles) == list(dict.fromkeys(retrieved))
+    assert list(handles.values()) == [f"#{n}" for n in range(1, len(handles) + 1)]
+    by_handle = {name: item for item, name in handles.items()}
+    for item, name in handles.items():
+        assert resolve(name, by_handle) == (item, "")
+        assert resolve(f"3. {name} Some Title (1999)", by_handle) == (item, "")
+        assert resolve(f"{name}.", by_handle) == (item, "")
+    assert resolve(f"#{len(handles) + 1} Heat (1995)", by_handle) == (None, "Heat (1995)")
+    assert resolve("#12abc", by_handle) == (None, "#12abc")  # not a handle: matched as a title
+    assert resolve("Heat #1", by_handle) == (None, "Heat #1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.text(max_size=200), tag_soup),
+    st.dictionaries(st.from_regex(r"#[0-9]{1,3}", fullmatch=True), st.integers(1, 9)),
+)
+def test_handle_parsing_never_raises_and_names_only_known_handles(line, by_handle):
+    name, rest = split_handle(line)
+    item, title = resolve(line, by_handle)
+    assert name is None or (name in line and rest in line)
+    assert item is None or (item == by_handle[name] and title == "")
+    if name is None:
+        assert (item, title) == (None, line)
+
+
+def test_match_answer_reads_handles_then_titles(matcher):
+    lines = ["1. #2", "2. #1 Toy Story", "3. #9 Heat (1995)", "4. #9", "5. Hamlet", "6. #2 Heat"]
+    result = matcher.match_answer(lines, handles={"#1": 6, "#2": 8})
+    # "#9" names nothing; "#9 Heat (1995)" is the title Heat, already listed as #2, like the last line
+    assert result == AnswerMatch((8, 6, None, None, 3, None), n_invalid=1, n_duplicate=2, ranked_ids=(8, 6, 3))
+    # without handles the same lines are titles: "#9 Heat (1995)" names nothing, "#2" neither
+    assert matcher.match_answer(["#9 Heat (1995)", "#2"]).n_invalid == 2
 
 
 def test_get_codec():

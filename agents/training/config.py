@@ -17,7 +17,7 @@ PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 class WarmStartConfig:
     """Warm start: the teacher's episodes on train users, then supervised fine-tuning (TRL's SFTTrainer)."""
 
-    teacher: str = "scripted"  # a text agent (agents.baselines.TEXT_AGENTS)
+    teacher: str = "scripted-copy"  # a text agent (agents.baselines.TEXT_AGENTS)
     users: int = 1000  # train-split users (seeded sample) whose teacher episodes form the SFT set
     eval_every: int = 200  # optimizer steps between validation rollouts; 0: only at the end
     num_train_epochs: float = 6.0
@@ -108,6 +108,7 @@ def _policy_env() -> dict[str, Any]:
         "instructions": "brief",
         "max_tool_calls": 4,
         "max_turns": 8,
+        "item_refs": "handles",  # answers name items by handle: a small policy copies "#3" where titles fail
     }
 
 

@@ -1,4 +1,5 @@
-"""The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards and title matching.
+"""The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards, item handles and title
+matching.
 
 Every module here is a pure function of its inputs and never imports agents, rewards, TRL or Ray. Any string is a
 valid input: parsing never raises. `clean_text` makes any string safe for every reader (the env cleans each action).
@@ -21,6 +22,7 @@ from deeprec_env.protocol.checks import (
     format_problems,
 )
 from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
+from deeprec_env.protocol.handles import ITEM_REFS, item_handles
 from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
 from deeprec_env.protocol.prompts import INSTRUCTIONS, PromptSettings, instructions
 from deeprec_env.protocol.tags import (
@@ -54,6 +56,7 @@ __all__ = [
     "CODECS",
     "FORMAT_CHECKS",
     "INSTRUCTIONS",
+    "ITEM_REFS",
     "ITEMS_CLOSE",
     "ITEMS_OPEN",
     "MAX_LINE_CHARS",
@@ -95,6 +98,7 @@ __all__ = [
     "get_codec",
     "instructions",
     "item_cards",
+    "item_handles",
     "normalize_preference",
     "normalize_title",
     "numbered",

@@ -113,7 +113,9 @@ class Codec:
         """The text an agent writes to call the tool."""
         raise NotImplementedError
 
-    def render_tool_result(self, cards: Sequence[str]) -> str:
+    def render_tool_result(self, cards: Sequence[str], labels: Sequence[str] | None = None) -> str:
+        """The tool result showing `cards`, each led by its list number or, given `labels`, by its label (the
+        items' handles, `protocol.handles`)."""
         raise NotImplementedError
 
     def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings) -> str | list[dict[str, str]]:
@@ -156,9 +158,9 @@ class TagsCodec(Codec):
     def render_tool_call(self, preference: str) -> str:
         return f"{PREF_OPEN} {preference} {PREF_CLOSE}"
 
-    def render_tool_result(self, cards: Sequence[str]) -> str:
+    def render_tool_result(self, cards: Sequence[str], labels: Sequence[str] | None = None) -> str:
         """Appended right after the agent's PREF_CLOSE, exactly as the paper's rollout does."""
-        body = "".join(f"{i}. {card}\n" for i, card in enumerate(cards, start=1)) if cards else EMPTY_RESULT + "\n"
+        body = numbered(cards, labels) + "\n" if cards else EMPTY_RESULT + "\n"
         return f"\n{ITEMS_OPEN}\n{body}{ITEMS_CLOSE}\n\n"
 
     def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings) -> str:
@@ -224,9 +226,9 @@ class ChatCodec(Codec):
         call = {"name": TOOL_NAME, "arguments": {"preference": preference}}
         return f"{TOOL_CALL_OPEN}\n{json.dumps(call, ensure_ascii=False)}\n{TOOL_CALL_CLOSE}"
 
-    def render_tool_result(self, cards: Sequence[str]) -> str:
-        """The tool message content: '1. card\\n2. card'."""
-        return numbered(cards) if cards else EMPTY_RESULT
+    def render_tool_result(self, cards: Sequence[str], labels: Sequence[str] | None = None) -> str:
+        """The tool message content: '1. card\\n2. card' (or '#4 card\\n#9 card' with labels)."""
+        return numbered(cards, labels) if cards else EMPTY_RESULT
 
     def tool_message(self, content: str) -> dict[str, str]:
         return {"role": "tool", "name": TOOL_NAME, "content": content}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz, process
 
+from deeprec_env.protocol.handles import resolve
 from deeprec_env.protocol.text import strip_line_prefix
 
 if TYPE_CHECKING:
@@ -199,14 +200,20 @@ class TitleMatcher:
                 return self._choose(key_ids[index], preferred, year, used)
         return None
 
-    def match_answer(self, lines: Sequence[str], preferred: Collection[int] = ()) -> AnswerMatch:
-        """Match every line; repeats of an already matched item count as duplicates and leave their slot None."""
+    def match_answer(
+        self, lines: Sequence[str], preferred: Collection[int] = (), handles: Mapping[str, int] | None = None
+    ) -> AnswerMatch:
+        """Match every line; repeats of an already matched item count as duplicates and leave their slot None.
+        handles: the episode's item handles (handle -> item id, `protocol.handles`); a line starting with one
+        names that item exactly, a line starting with an unknown handle is matched by the title after it."""
         preferred = {i: r for r, i in enumerate(dict.fromkeys(preferred))}
         ids: list[int | None] = []
         seen: set[int] = set()
         n_invalid = n_duplicate = 0
         for line in lines:
-            item = self.match(line, preferred, seen)
+            item, rest = resolve(line, handles) if handles else (None, line)
+            if item is None and rest:
+                item = self.match(rest, preferred, seen)
             if item is None:
                 n_invalid += 1
             elif item in seen:

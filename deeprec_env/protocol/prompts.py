@@ -1,5 +1,6 @@
 """The system instructions of both codecs, full (a paraphrase of the paper's `base_prompt_rec`) or brief (the task
-alone, for small policies that learn the protocol from demonstrations), and the history listing."""
+alone, for small policies that learn the protocol from demonstrations), and the history listing. With item handles
+(`item_refs: handles`) they say that results lead each item with its handle and that answers name items by it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class PromptSettings(Protocol):
     recall_k: int
     max_tool_calls: int
     instructions: str
+    item_refs: str
 
 
 def history_listing(history_cards: Sequence[str]) -> str:
@@ -30,6 +32,7 @@ def history_listing(history_cards: Sequence[str]) -> str:
 def instructions(kind: str, settings: PromptSettings) -> str:
     """The system instructions for codec `kind` ("tags" | "chat")."""
     k = settings.rec_k
+    handles = settings.item_refs == "handles"
     if settings.instructions == "brief":
         phrases = 'short preference phrases separated by ";"'
         if kind == "tags":
@@ -41,15 +44,18 @@ def instructions(kind: str, settings: PromptSettings) -> str:
             how, close = f"call `{TOOL_NAME}(preference)` with {phrases}", ""
         return (
             f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
-            f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved titles, best first, "
-            f"numbered, in {REC_OPEN} {REC_CLOSE}."
+            f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved "
+            f"{'items by their handles (#N)' if handles else 'titles'}, best first, numbered, in {REC_OPEN} "
+            f"{REC_CLOSE}."
         )
+    first, second = ("#1", "#2") if handles else ("1.", "2.")
+    returns = "a list of items, one per line, each led by its handle (#N)" if handles else "a numbered list of items"
     if kind == "tags":
         tool = (
             "The tool input format (you write it):\n"
             f"{PREF_OPEN} [preference phrases, separated by ;] {PREF_CLOSE}\n"
             "The tool output format (the tool writes it right after your call):\n"
-            f"{ITEMS_OPEN}\n1. [retrieved item]\n2. [retrieved item]\n...\n{ITEMS_CLOSE}"
+            f"{ITEMS_OPEN}\n{first} [retrieved item]\n{second} [retrieved item]\n...\n{ITEMS_CLOSE}"
         )
         call = "write the preference description between the preference tags"
         layout = (
@@ -60,10 +66,24 @@ def instructions(kind: str, settings: PromptSettings) -> str:
     else:
         tool = (
             f"The tool is the function `{TOOL_NAME}(preference)`: the preference is a description made of short "
-            'phrases separated by ";". It returns a numbered list of items.'
+            f'phrases separated by ";". It returns {returns}.'
         )
         call = f"call `{TOOL_NAME}` with the preference description"
         layout = "Write a short ranking reasoning, then finish your last message with the recommendation list."
+    if handles:
+        listed = 'Items are written as "Title (year) | category, category" (year and categories when known), each '
+        listed += "led in tool results by its handle (#N): an item keeps its handle for the whole episode.\n"
+        output = (
+            f"6. Output exactly {k} items, best first, one per line, each named by its handle from the tool results:\n"
+            f"{REC_OPEN}\n1. [item handle]\n2. [item handle]\n...\n{k}. [item handle]\n{REC_CLOSE}\n\n"
+        )
+    else:
+        listed = 'Items are written as "Title (year) | category, category" (year and categories when known).\n'
+        output = (
+            f"6. Output exactly {k} titles, best first, one per line, copied from the tool results (title and year, "
+            "without the categories):\n"
+            f"{REC_OPEN}\n1. [item title]\n2. [item title]\n...\n{k}. [item title]\n{REC_CLOSE}\n\n"
+        )
     return (
         "You are a recommendation assistant. Predict which item the user will interact with next and recommend a "
         f"ranked list of {k} items.\n"
@@ -71,7 +91,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         "takes a description of the user's preferences and returns the catalogue items "
         f"({settings.recall_k} per call) that best match both the user's history and the description.\n"
         f"{tool}\n"
-        'Items are written as "Title (year) | category, category" (year and categories when known).\n'
+        f"{listed}"
         "The user's history is a numbered list of the items the user interacted with, ordered by time, oldest "
         "first.\n\n"
         "Instructions:\n"
@@ -83,8 +103,5 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         "even after you have found good items.\n"
         "4. After each call, judge the retrieved items and refine the next description.\n"
         "5. When you have gathered a diverse pool of retrieved items, rank all of them for this user.\n"
-        f"6. Output exactly {k} titles, best first, one per line, copied from the tool results (title and year, "
-        "without the categories):\n"
-        f"{REC_OPEN}\n1. [item title]\n2. [item title]\n...\n{k}. [item title]\n{REC_CLOSE}\n\n"
-        f"{layout}"
+        f"{output}{layout}"
     )

@@ -28,5 +28,5 @@ TAG_CORES = (
 # The tags prompt ends with this; the "solution" (what the agent wrote) is the text after its first occurrence.
 PROMPT_END = "\nAssistant:\n" + THINK_OPEN + "\n"
 # Placeholder strings of the prompts; an agent that copies one into its text fails the format check.
-PLACEHOLDERS = ("[preference phrases", "[retrieved item", "[item title")
+PLACEHOLDERS = ("[preference phrases", "[retrieved item", "[item title", "[item handle")
 EMPTY_RESULT = "None"  # the tool result body when retrieval returns nothing (the paper writes the literal None)

@@ -118,6 +118,7 @@ def answer_lines(block: str) -> tuple[str, ...]:
     return tuple(strip_line_prefix(line) for line in block.split("\n") if line.strip())
 
 
-def numbered(lines: Sequence[str]) -> str:
-    """'1. a\\n2. b' (no trailing newline)."""
-    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, start=1))
+def numbered(lines: Sequence[str], labels: Sequence[str] | None = None) -> str:
+    """'1. a\\n2. b' (no trailing newline); with `labels` each line is led by its label instead ('#4 a\\n#9 b')."""
+    labels = labels if labels is not None else [f"{i}." for i in range(1, len(lines) + 1)]
+    return "\n".join(f"{label} {line}" for label, line in zip(labels, lines, strict=True))
