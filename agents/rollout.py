@@ -19,14 +19,17 @@ def rollout(
     users: Sequence[int],
     split: str,
     show_progress: bool = True,
+    cuts: Sequence[int] | None = None,
 ) -> list[Episode]:
-    """One episode per user on `split`, returned in the order of `users` (their rewards: `Episode.reward_total`).
-    `envs` must have autoreset disabled (`Stack.make_vector_env(n, autoreset_mode="Disabled")`)."""
+    """One episode per user on `split`, returned in the order of `users` (their rewards: `Episode.reward_total`);
+    `cuts`: the train cut point of each (`DeepRecEnv.reset`). `envs` must have autoreset disabled
+    (`Stack.make_vector_env(n, autoreset_mode="Disabled")`)."""
     if envs.autoreset_mode.value != "Disabled":
         raise ValueError("rollout resets sub-envs itself: build the vector env with autoreset_mode='Disabled'")
     n = envs.num_envs
     agents = [make_agent() for _ in range(n)]
-    queue = list(enumerate(int(u) for u in users))
+    cuts = [None] * len(users) if cuts is None else [int(c) for c in cuts]
+    queue = list(enumerate(zip((int(u) for u in users), cuts, strict=True)))
     episodes: list[Episode | None] = [None] * len(queue)
     running: list[int | None] = [None] * n  # which queue entry each sub-env plays
     observations: list[str] = [""] * n
@@ -39,10 +42,12 @@ def rollout(
             return
         mask = np.zeros(n, dtype=bool)
         chosen: list[int | None] = [None] * n
+        chosen_cuts: list[int | None] = [None] * n
         for slot in slots:
-            running[slot], chosen[slot] = queue.pop(0)
+            running[slot], (chosen[slot], chosen_cuts[slot]) = queue.pop(0)
             mask[slot] = True
-        obs, batched = envs.reset(options={"reset_mask": mask, "users": chosen, "split": split})
+        options = {"reset_mask": mask, "users": chosen, "cuts": chosen_cuts, "split": split}
+        obs, batched = envs.reset(options=options)
         for slot in slots:
             observations[slot], infos[slot] = obs[slot], unbatch_info(batched, slot)
             agents[slot].reset(observations[slot], infos[slot])

@@ -114,6 +114,7 @@ class EnvConfig:
     fuzzy_threshold: float = 90.0  # rapidfuzz ratio a fuzzy title match needs
     exclude_history: bool = True  # tool calls never return the user's history items
     item_refs: str = "titles"  # answers name items by "titles" (the paper's protocol) | "handles" (#N) or titles
+    train_cuts: int = 1  # train-split targets per user: its last train_cuts training items (1: the third to last)
 
     def validate(self) -> None:
         """One clear error line for a bad value."""
@@ -124,7 +125,7 @@ class EnvConfig:
             raise ValueError(f"unknown env.item_refs {self.item_refs!r}; use one of {ITEM_REFS}")
         if self.instructions not in INSTRUCTIONS:
             raise ValueError(f"unknown env.instructions {self.instructions!r}; use one of {INSTRUCTIONS}")
-        for name in ("recall_k", "rec_k", "max_tool_calls", "max_turns", "max_episode_tokens"):
+        for name in ("recall_k", "rec_k", "max_tool_calls", "max_turns", "max_episode_tokens", "train_cuts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"env.{name} must be >= 1, got {getattr(self, name)}")
         if self.history_items < 0:
@@ -272,8 +273,10 @@ class DeepRecEnv(gymnasium.Env[str, str]):
     # -- gymnasium API ---------------------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None) -> tuple[str, dict]:
-        """options: {"split": "train"|"valid"|"test", "user": int}; without a user one is drawn (seeded) from the
-        users with a target in the split."""
+        """options: {"split": "train"|"valid"|"test", "user": int, "cut": int}; without a user one is drawn (seeded)
+        from the users with a target in the split. On the train split the target is the training item `cut` places
+        before the third to last (history: everything before it); without a cut one of the user's first
+        `train_cuts` is drawn (seeded)."""
         super().reset(seed=seed)
         options = dict(options or {})
         split = options.get("split") or self.config.split
@@ -288,7 +291,11 @@ class DeepRecEnv(gymnasium.Env[str, str]):
                 raise ValueError(f"dataset {self.dataset.name!r} has no user with a {split!r} target")
             user = users[int(self.np_random.integers(len(users)))]
         user = int(user)
-        history, target = self.dataset.history_and_target(user, split)
+        cut = options.get("cut")
+        if cut is None:
+            n_cuts = self.dataset.n_cuts(user, self.config.train_cuts) if split == "train" else 0
+            cut = int(self.np_random.integers(n_cuts)) if n_cuts > 1 else 0
+        history, target = self.dataset.history_and_target(user, split, int(cut))
         shown = history[-self.config.history_items :] if self.config.history_items > 0 else history[:0]
         self._prompt = self.codec.render_prompt(item_cards(self.dataset, shown, self.config.card_chars), self.config)
         self._episode = Episode(
@@ -296,6 +303,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             split=split,
             history=history,
             target=target,
+            cut=int(cut),
             rec_k=self.config.rec_k,
             codec=self.codec.name,
             prompt=self._prompt,

@@ -32,6 +32,7 @@ class Episode:
     target: int
     rec_k: int
     codec: str  # "tags" | "chat"
+    cut: int = 0  # train split: how many training items before the third to last the target lies
     prompt: str | list[dict] = ""  # what the agent was shown first: the prompt text (tags) or messages (chat)
     transcript: str | list[dict] = ""  # agent-side text (tags) or messages (chat) after the prompt
     tool_calls: list[ToolCall] = field(default_factory=list)

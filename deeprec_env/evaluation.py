@@ -38,13 +38,17 @@ def evaluate_scorer(
     batch_size: int = 256,
     list_k: int = 20,
     progress: bool = False,
+    cuts: Sequence[int] | None = None,
 ) -> Evaluation:
     """Rank the whole catalogue for each user's split target; history items are excluded by default. `queries`
-    gives each user's query as `score` takes it (text for a `Scorer`; a scorer of encoded queries takes vectors)."""
+    gives each user's query as `score` takes it (text for a `Scorer`; a scorer of encoded queries takes vectors).
+    `cuts`: each user's train cut point (`RecDataset.history_and_target`), for train-split episodes."""
     ranks, lists = [], []
+    cuts = np.zeros(len(users), dtype=np.int64) if cuts is None else np.asarray(cuts)
     for start in progress_bar(range(0, len(users), batch_size), desc=f"evaluate {split}", disable=not progress):
-        batch = users[start : start + batch_size]
-        histories, targets = zip(*(dataset.history_and_target(int(u), split) for u in batch), strict=True)
+        batch, batch_cuts = users[start : start + batch_size], cuts[start : start + batch_size]
+        pairs = zip(batch, batch_cuts, strict=True)
+        histories, targets = zip(*(dataset.history_and_target(int(u), split, int(c)) for u, c in pairs), strict=True)
         scores = score(histories, [queries(int(u)) for u in batch] if queries else None)
         exclude = list(histories) if exclude_history else None
         ranks.append(target_ranks(scores, np.asarray(targets), exclude))

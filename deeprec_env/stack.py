@@ -13,6 +13,7 @@ ahead). Heavy modules (Hydra, torch models, `rewards`) are imported when a stack
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -121,6 +122,22 @@ class Stack:
         if "reward_node" in parts:
             own["reward"] = None
         return Stack(self.config, self.dataset, self.root, **(own | parts))
+
+    def for_agent_training(self, cuts: int) -> Stack:
+        """The stack that serves an agent's training episodes at the first `cuts` train cut points (`env.train_cuts`):
+        the same dataset, encoder, matcher and reward config, but a tool (the SASRec backbone and the TRM) trained
+        without those cut points' targets (`TrainConfig.holdout`), so the agent learns from tool results as good as
+        the ones it gets at evaluation, not from a tool that has seen the target. `cuts` <= 0: this stack."""
+        if cuts <= 0:
+            return self
+        config = copy.deepcopy(self.config)
+        for model in (config.sasrec, config.trm, config.trm.backbone):
+            if model is not None:
+                model.train.holdout = cuts
+        shared = {"encoder": self._parts["encoder"], "matcher": self._parts["matcher"]}
+        if self._reward_node is None:
+            shared["reward"] = self._parts["reward"]
+        return Stack(config, self.dataset, self.root, **shared, reward_node=self._reward_node)
 
     def with_reward(self, node: Any) -> Stack:
         """The same stack scoring with another reward config (a `reward` node or preset name, e.g. "cold")."""

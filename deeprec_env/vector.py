@@ -13,7 +13,7 @@ resets sub-envs with `options={"reset_mask": mask}`; a sub-env that is not runni
 finished, returns ("", 0.0, its last terminated, its last truncated) and runs nothing).
 
 `reset(seed=s, options=...)` seeds sub-env i with s + i; options may carry `"users"` (one user id or None per
-sub-env), `"split"` and `"reset_mask"`.
+sub-env), `"cuts"` (one train cut point or None per sub-env), `"split"` and `"reset_mask"`.
 """
 
 from __future__ import annotations
@@ -77,15 +77,17 @@ class DeepRecVectorEnv(VectorEnv):
     ) -> tuple[tuple[str, ...], dict]:
         options = dict(options or {})
         mask = np.asarray(options.pop("reset_mask", np.ones(self.num_envs, dtype=bool)), dtype=bool)
-        users = options.pop("users", None)
+        users, cuts = options.pop("users", None), options.pop("cuts", None)
         if mask.shape != (self.num_envs,):
             raise ValueError(f"options['reset_mask'] needs shape ({self.num_envs},), got {mask.shape}")
-        if users is not None and len(users) != self.num_envs:
-            raise ValueError(f"options['users'] needs {self.num_envs} entries (None where any user will do)")
+        for name, given in (("users", users), ("cuts", cuts)):
+            if given is not None and len(given) != self.num_envs:
+                raise ValueError(f"options[{name!r}] needs {self.num_envs} entries (None where any will do)")
         seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed or [None] * self.num_envs
         infos: dict = {}
         for i in np.flatnonzero(mask):
             env_options = dict(options) | ({"user": users[i]} if users is not None and users[i] is not None else {})
+            env_options |= {"cut": cuts[i]} if cuts is not None and cuts[i] is not None else {}
             self._obs[i], info = self.envs[i].reset(seed=seeds[i], options=env_options)
             infos = self._add_info(infos, info, i)
             self._needs_reset[i], self._running[i], self._ended[:, i] = False, True, False

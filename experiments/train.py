@@ -25,6 +25,7 @@ from agents.training.grpo import train_grpo
 from agents.training.monitor import ValidationCallback, policy_episodes, validation_scalars
 from agents.training.warm_start import teacher_episodes, warm_start
 from deeprec_env.config import typed
+from deeprec_env.data.dataset import RecDataset
 from deeprec_env.metrics import paired_difference
 from deeprec_env.stack import Stack
 from experiments.common import CONFIG_PATH, entry_point, markdown_table, write_json
@@ -39,26 +40,45 @@ def seeded_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
     return users
 
 
-def trainable_users(stack: Stack, stage: GRPOStageConfig, seed: int) -> np.ndarray:
-    """Train-split users for a GRPO stage: a seeded sample, kept only if the TRM (empty query) ranks their target
-    in its top `difficulty_top` when the difficulty filter is on."""
+def train_episodes(dataset: RecDataset, cuts: int) -> np.ndarray:
+    """Every train-split episode, (user, cut) rows: each user's first `cuts` cut points (`RecDataset.n_cuts`)."""
+    rows = [(int(u), c) for u in dataset.eval_users("train") for c in range(dataset.n_cuts(int(u), cuts))]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def sample_episodes(episodes: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of n (user, cut) rows in their order (all of them when n is 0 or there are fewer)."""
+    if n and len(episodes) > n:
+        return episodes[np.sort(np.random.default_rng(seed).choice(len(episodes), n, replace=False))]
+    return episodes
+
+
+def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: int) -> np.ndarray:
+    """Train-split (user, cut) episodes for a GRPO stage: a seeded sample, kept only if the stack's TRM (empty
+    query) ranks their target in its top `difficulty_top` when the difficulty filter is on."""
     from deeprec_env.evaluation import evaluate_scorer
 
-    users = stack.dataset.eval_users("train")
+    episodes = train_episodes(stack.dataset, cuts)
     if stage.difficulty_filter:
         exclude = stack.config.env.exclude_history
         ranks = evaluate_scorer(
-            stack.retriever.scores, stack.dataset, users, "train", exclude_history=exclude, list_k=1
+            stack.retriever.scores,
+            stack.dataset,
+            episodes[:, 0],
+            "train",
+            exclude_history=exclude,
+            list_k=1,
+            cuts=episodes[:, 1],
         ).ranks
-        kept = users[ranks < stage.difficulty_top]
+        kept = episodes[ranks < stage.difficulty_top]
         log.info(
-            "difficulty filter: %d of %d train users have their target in the TRM's top %d",
+            "difficulty filter: %d of %d train episodes have their target in the TRM's top %d",
             len(kept),
-            len(users),
+            len(episodes),
             stage.difficulty_top,
         )
-        users = kept
-    return seeded_sample(users, stage.users, seed)
+        episodes = kept
+    return sample_episodes(episodes, stage.episodes, seed)
 
 
 def done(phase_dir: Path) -> bool:
@@ -73,6 +93,9 @@ class Run:
         self.stack = stack
         self.trainer = typed(TrainerConfig, cfg.trainer)
         self.env = dict(self.trainer.env)  # EnvConfig fields over the root env: the env the policy plays
+        self.cuts = stack.env_config(**self.env).train_cuts  # train cut points per user
+        # the tool of the training episodes: trained without their targets when `tool_holdout` (docs/training.md)
+        self.train_stack = stack.for_agent_training(self.cuts) if self.trainer.tool_holdout else stack
         self.out = Path(self.trainer.output_dir)
         self.policy = policy_config(cfg.policy)
         self.rec = stack.with_reward("rec")  # validation is always scored with the `rec` preset
@@ -104,9 +127,11 @@ class Run:
             log.info("warm start already done: %s", phase / "final")
             return phase / "final"
         config: WarmStartConfig = self.trainer.warm_start
-        users = seeded_sample(self.stack.dataset.eval_users("train"), config.users, self.cfg.seed)
+        chosen = sample_episodes(train_episodes(self.stack.dataset, self.cuts), config.episodes, self.cfg.seed)
         env = self.env | {"split": "train"}
-        episodes = teacher_episodes(self.stack, env, users, config.teacher, self.trainer.n_envs, self.cfg.seed)
+        episodes = teacher_episodes(
+            self.train_stack, env, chosen[:, 0], config.teacher, self.trainer.n_envs, self.cfg.seed, chosen[:, 1]
+        )
         callback = self.validation_callback("warm_start", config.eval_every)
         logs = self.out / "tensorboard" / "warm_start"
         return self.finished(warm_start(initial, episodes, config, phase, self.cfg.seed, logs, [callback]))
@@ -117,12 +142,12 @@ class Run:
             log.info("%s already done: %s", name, phase / "final")
             return phase / "final"
         stage: GRPOStageConfig = getattr(self.trainer, name)
-        stack = self.stack.with_reward(stage.reward) if stage.reward else self.stack
+        stack = self.train_stack.with_reward(stage.reward) if stage.reward else self.train_stack
         env = self.env | {"split": "train"}
         final = train_grpo(
             start,
             lambda: stack.make_env(**env),
-            trainable_users(stack, stage, self.cfg.seed),
+            trainable_episodes(stack, stage, self.cuts, self.cfg.seed),
             stage,
             phase,
             self.cfg.seed,

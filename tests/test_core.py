@@ -129,6 +129,24 @@ def test_splits_never_leak_the_target(synthetic):
         assert synthetic.training_sequences()[user].tolist() == seq[:-2].tolist()
 
 
+def test_train_cut_points_move_the_target_back_and_a_holdout_leaves_their_targets_out(synthetic):
+    user = next(u for u in range(synthetic.n_users) if len(synthetic.sequences[u]) >= 8)
+    seq = synthetic.sequences[user]
+    assert synthetic.n_cuts(user, 4) == 4 and synthetic.n_cuts(user, 100) == len(seq) - 3
+    for cut in range(4):
+        history, target = synthetic.history_and_target(user, "train", cut)
+        assert target == seq[-3 - cut] and history.tolist() == seq[: len(seq) - 3 - cut].tolist()
+    with pytest.raises(ValueError, match="train split only"):
+        synthetic.history_and_target(user, "valid", 1)
+    with pytest.raises(ValueError, match="too few"):
+        synthetic.history_and_target(user, "train", len(seq) - 2)
+    kept = [s for s in synthetic.sequences if len(s) > 5]
+    assert [s.tolist() for s in synthetic.training_sequences(3)] == [s[:-5].tolist() for s in kept]
+    windows = training_windows(synthetic, max_len=5, holdout=3)  # no transition into a held-out cut target
+    pairs = {(int(w[i]), int(w[i + 1])) for w in windows for i in range(5) if w[i] > 0}
+    assert pairs == {(int(s[i]), int(s[i + 1])) for s in kept for i in range(len(s) - 6)}
+
+
 def test_training_windows_cover_each_training_transition_once(synthetic):
     windows = training_windows(synthetic, max_len=5)
     pairs = {(int(w[i]), int(w[i + 1])) for w in windows for i in range(5) if w[i] > 0}

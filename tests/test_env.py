@@ -32,6 +32,7 @@ from deeprec_env.protocol import (
     PREF_CLOSE,
     PREF_OPEN,
     PROBLEM_NO_ANSWER,
+    PROMPT_END,
     REC_CLOSE,
     REC_OPEN,
     THINK_CLOSE,
@@ -180,6 +181,26 @@ def test_reset_is_seeded_defaults_to_train_and_renders_history(dataset, retrieve
     for i, item in enumerate(history[-20:], start=1):
         assert f"{i}. {dataset.item_card(int(item), 80)}" in obs
     assert obs.endswith(f"{THINK_OPEN}\n")
+
+
+def test_train_episodes_draw_seeded_cut_points_and_take_a_given_one(dataset, retriever):
+    env = make_env(dataset, retriever, train_cuts=4)
+    user = next(int(u) for u in dataset.eval_users("train") if dataset.n_cuts(int(u), 4) == 4)
+    cuts = [env.reset(options={"user": user})[0] and env.episode.cut for _ in range(40)]
+    assert set(cuts) == {0, 1, 2, 3}
+    again = make_env(dataset, retriever, train_cuts=4)
+    again.reset(seed=3, options={"user": user})
+    first = again.episode.cut
+    assert all(again.reset(seed=3, options={"user": user})[0] and again.episode.cut == first for _ in range(3))
+    for cut in range(4):
+        obs, _ = env.reset(options={"user": user, "cut": cut})
+        history, target = dataset.history_and_target(user, "train", cut)
+        assert (env.episode.cut, env.episode.target) == (cut, target)
+        assert obs.endswith(f"{dataset.item_card(int(history[-1]), 80)}{PROMPT_END}")
+    env.reset(options={"user": user, "split": "valid"})  # evaluation splits never move their target
+    assert (env.episode.cut, env.episode.target) == (0, dataset.history_and_target(user, "valid")[1])
+    single = make_env(dataset, retriever)
+    assert {single.reset(options={"user": user})[0] and single.episode.cut for _ in range(10)} == {0}
 
 
 # --- scripted episodes ----------------------------------------------------------------------------------------

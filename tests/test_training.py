@@ -163,6 +163,37 @@ def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_li
     assert any(c.ranked_ids != f.ranked_ids for f, c in zip(scripted, copying, strict=True))
 
 
+def test_teacher_answers_by_handle_exactly_what_it_would_name_by_title(dataset, stack):
+    users = [int(u) for u in dataset.eval_users("train")[:6]]
+    by_title = teacher_episodes(stack, {"split": "train"}, users, "scripted", 3, 0)
+    by_handle = teacher_episodes(stack, {"split": "train", "item_refs": "handles"}, users, "scripted", 3, 0)
+    for titled, handled in zip(by_title, by_handle, strict=True):
+        assert handled.ranked_ids == titled.ranked_ids and handled.format_ok and handled.n_invalid == 0
+        assert handled.answer_lines == tuple(handled.handles[i] for i in handled.ranked_ids)
+
+
+def test_training_episodes_span_cut_points_and_the_filter_keeps_what_the_tool_finds(dataset, stack):
+    from agents.training.config import GRPOStageConfig
+    from experiments.train import sample_episodes, train_episodes, trainable_episodes
+
+    episodes = train_episodes(dataset, 3)
+    expected = [(int(u), c) for u in dataset.eval_users("train") for c in range(dataset.n_cuts(int(u), 3))]
+    assert [tuple(row) for row in episodes.tolist()] == expected and set(episodes[:, 1]) == {0, 1, 2}
+    sample = sample_episodes(episodes, 20, seed=1)
+    assert len(sample) == 20 and (sample_episodes(episodes, 20, seed=1) == sample).all()
+    assert {tuple(r) for r in sample.tolist()} <= set(expected) and len(sample_episodes(episodes, 0, 1)) == len(
+        episodes
+    )
+    stage = GRPOStageConfig(episodes=0, difficulty_top=10)
+    kept = {tuple(r) for r in trainable_episodes(stack, stage, 3, seed=0).tolist()}
+    for user, cut in expected:
+        history, target = dataset.history_and_target(user, "train", cut)
+        found = stack.retriever.retrieve([history], [""], 10)[0]
+        assert ((user, cut) in kept) == (target in found)
+    teacher = teacher_episodes(stack, {"split": "train"}, sample[:, 0], "scripted-copy", 4, 0, sample[:, 1])
+    assert [(e.user, e.cut) for e in teacher] == [tuple(r) for r in sample.tolist()]
+
+
 def _trl_completion(episode) -> list[dict]:
     """The scripted episode as TRL hands a completion to reward functions: assistant messages with structured tool
     calls, and tool messages."""
@@ -237,7 +268,7 @@ PIPELINE = [
     "trainer.n_envs=8",
     "trainer.env.max_turns=3",
     "trainer.env.recall_k=5",
-    "trainer.warm_start.users=8",
+    "trainer.warm_start.episodes=8",
     "trainer.warm_start.num_train_epochs=1",
     "trainer.warm_start.per_device_train_batch_size=4",
     "trainer.warm_start.save_steps=1",
@@ -258,7 +289,7 @@ PIPELINE = [
             "num_generations=2",
             "per_device_train_batch_size=2",
             "max_completion_length=48",
-            "users=6",
+            "episodes=6",
             "difficulty_filter=false",
             "save_steps=1",
             "eval_every=2",

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from fakes import synthetic_dataset
 
+from deeprec_env.config import StackConfig
 from deeprec_env.data.synthetic import synthetic_category_names
 from deeprec_env.evaluation import evaluate_scorer
+from deeprec_env.stack import Stack
 from deeprec_env.text import TextEncoder
 from deeprec_env.trm.model import ModelConfig, SequentialRecommender
 from deeprec_env.trm.queries import category_query, query_phrasings
@@ -157,6 +160,32 @@ def test_selection_weighs_the_oracle_query_when_asked(trained):
         sasrec = copy.deepcopy(config.backbone)
         sasrec.train.select_oracle_weight = 1.0
         load_or_train(dataset, sasrec, root, encoder, progress=False)
+
+
+def test_a_holdout_model_is_its_own_cache_entry_and_needs_a_matching_backbone(trained):
+    dataset, encoder, _, config, root, _ = trained
+    held = copy.deepcopy(config)
+    held.train.holdout = held.backbone.train.holdout = 2
+    key = json.loads((checkpoint_dir(config, root, encoder, dataset.catalogue) / "config.json").read_text())
+    assert "holdout" not in key["train"] and "holdout" not in key["backbone"]["train"]  # 0 keeps existing keys
+    assert checkpoint_dir(held, root, encoder, dataset.catalogue) != checkpoint_dir(
+        config, root, encoder, dataset.catalogue
+    )
+    assert checkpoint_dir(held.backbone, root) != checkpoint_dir(config.backbone, root)
+    mismatched = copy.deepcopy(held)
+    mismatched.backbone.train.holdout = 0
+    with pytest.raises(ValueError, match="backbone's train.holdout"):
+        load_or_train(dataset, mismatched, root, encoder, progress=False)
+
+
+def test_the_agent_training_stack_holds_out_every_model_it_trains(trained):
+    dataset, encoder, _, config, root, _ = trained
+    stack = Stack(StackConfig(sasrec=config.backbone, trm=config), dataset, root, encoder=encoder)
+    assert stack.for_agent_training(0) is stack
+    held = stack.for_agent_training(3)
+    assert (held.config.sasrec.train.holdout, held.config.trm.train.holdout) == (3, 3)
+    assert held.config.trm.backbone.train.holdout == 3 and config.train.holdout == 0  # the original is untouched
+    assert held.encoder is encoder and held.dataset is dataset
 
 
 def test_a_frozen_backbone_trains_only_the_fusion_layers(trained):

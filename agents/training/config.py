@@ -18,7 +18,7 @@ class WarmStartConfig:
     """Warm start: the teacher's episodes on train users, then supervised fine-tuning (TRL's SFTTrainer)."""
 
     teacher: str = "scripted-copy"  # a text agent (agents.baselines.TEXT_AGENTS)
-    users: int = 1000  # train-split users (seeded sample) whose teacher episodes form the SFT set
+    episodes: int = 1000  # train (user, cut point) episodes (seeded sample) the teacher plays: the SFT set
     eval_every: int = 200  # optimizer steps between validation rollouts; 0: only at the end
     num_train_epochs: float = 6.0
     learning_rate: float = 3e-3
@@ -50,8 +50,8 @@ class GRPOStageConfig:
     """One GRPO stage (TRL's GRPOTrainer). The defaults are stage 2's recipe; `stage1` overrides some."""
 
     reward: str | None = None  # a configs/reward preset; None: the root `reward` config
-    users: int = 400  # train-split users to draw prompts from (seeded)
-    difficulty_filter: bool = True  # keep users whose target the TRM (empty query) ranks in its top `difficulty_top`
+    episodes: int = 400  # train episodes, (user, cut point) pairs, to draw prompts from (seeded)
+    difficulty_filter: bool = True  # keep episodes whose target the TRM (empty query) ranks in its top `difficulty_top`
     difficulty_top: int = 100
     eval_every: int = 20  # validation (greedy policy, `rec` reward) every N steps; 0: only at the end
     max_steps: int = 90
@@ -109,6 +109,7 @@ def _policy_env() -> dict[str, Any]:
         "max_tool_calls": 4,
         "max_turns": 8,
         "item_refs": "handles",  # answers name items by handle: a small policy copies "#3" where titles fail
+        "train_cuts": 5,  # training episodes at each user's last 5 training items
     }
 
 
@@ -131,6 +132,7 @@ class TrainerConfig:
     output_dir: str = "runs/${dataset.name}-${policy.name}"  # one per run: sweeps must vary it
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     n_envs: int = 16  # episodes generated together during teacher rollouts and evaluation
+    tool_holdout: bool = True  # training episodes use a TRM trained without their targets (`Stack.for_agent_training`)
     env: dict[str, Any] = field(default_factory=_policy_env)  # EnvConfig fields over the root `env` for the policy
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     stage1: GRPOStageConfig = field(default_factory=_stage1)

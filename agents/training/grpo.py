@@ -29,7 +29,7 @@ from deeprec_env.protocol import tool_docstring
 
 
 class DeepRecToolEnv:
-    """The env as TRL sees it: `reset(user, split)` and the `retrieve` tool (its description: the protocol's
+    """The env as TRL sees it: `reset(user, split, cut)` and the `retrieve` tool (its description: the protocol's
     `TOOL_SCHEMA`, through the docstring). `_finish(completion)` scores; it is private because TRL exposes every
     public method as a tool."""
 
@@ -39,9 +39,10 @@ class DeepRecToolEnv:
         self.env = env
         self._episode: Episode | None = None
 
-    def reset(self, user: int, split: str = "train", **_: object) -> None:
-        """Start the user's episode; the prompt is already in the training example (the env rendered it)."""
-        self.env.reset(options={"user": int(user), "split": split})
+    def reset(self, user: int, split: str = "train", cut: int = 0, **_: object) -> None:
+        """Start the user's episode at train cut point `cut`; the prompt is already in the training example (the
+        env rendered it)."""
+        self.env.reset(options={"user": int(user), "split": split, "cut": int(cut)})
         self._episode = None
 
     def retrieve(self, preference: str) -> str:
@@ -114,15 +115,16 @@ def grpo_config(
 def train_grpo(
     policy_path: Path,
     make_env: Callable[[], DeepRecEnv],
-    users: Sequence[int],
+    episodes: Sequence[tuple[int, int]],
     config: GRPOStageConfig,
     out_dir: Path,
     seed: int = 0,
     logging_dir: Path | None = None,
     callbacks: Sequence = (),
 ) -> Path:
-    """One GRPO stage from the policy at `policy_path` on train-split `users`; checkpoints every `save_steps` in
-    `out_dir` and a rerun resumes from the last one. Returns the final model directory (`out_dir/final`)."""
+    """One GRPO stage from the policy at `policy_path` on train-split `episodes` ((user, cut) pairs); checkpoints
+    every `save_steps` in `out_dir` and a rerun resumes from the last one. Returns the final model directory
+    (`out_dir/final`)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
@@ -136,9 +138,9 @@ def train_grpo(
     probe = make_env()
     names, weights = active_components(probe)
     rows = []
-    for user in users:  # the env renders every prompt; the adapter's reset starts the same episode
-        probe.reset(options={"user": int(user), "split": "train"})
-        rows.append({"prompt": probe.prompt, "user": int(user), "split": "train"})
+    for user, cut in episodes:  # the env renders every prompt; the adapter's reset starts the same episode
+        probe.reset(options={"user": int(user), "split": "train", "cut": int(cut)})
+        rows.append({"prompt": probe.prompt, "user": int(user), "split": "train", "cut": int(cut)})
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(policy_path),
         reward_funcs=component_rewards(names),

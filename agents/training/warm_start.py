@@ -39,9 +39,16 @@ def sft_messages(episode: Episode) -> list[dict]:
 
 
 def teacher_episodes(
-    stack: Stack, env_overrides: dict, users: Sequence[int], teacher: str, n_envs: int, seed: int
+    stack: Stack,
+    env_overrides: dict,
+    users: Sequence[int],
+    teacher: str,
+    n_envs: int,
+    seed: int,
+    cuts: Sequence[int] | None = None,
 ) -> list[Episode]:
-    """The teacher's finished episodes, one per user, on the env's split (the env must use the chat codec)."""
+    """The teacher's finished episodes, one per user (at its train cut point in `cuts`, if given), on the env's
+    split (the env must use the chat codec)."""
     envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env_overrides)
     if envs.config.protocol != "chat":
         raise ValueError("warm start needs the chat codec: set trainer.env.protocol=chat")
@@ -50,7 +57,7 @@ def teacher_episodes(
     def make_agent():
         return cls(stack.dataset, protocol=envs.config.protocol, rec_k=envs.config.rec_k, seed=seed)
 
-    return rollout(envs, make_agent, list(users), envs.config.split)
+    return rollout(envs, make_agent, list(users), envs.config.split, cuts=cuts)
 
 
 def training_chat_template(tokenizer) -> str:

@@ -77,25 +77,35 @@ class RecDataset:
     def n_interactions(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
-    def history_and_target(self, user: int, split: str) -> tuple[np.ndarray, int]:
+    def history_and_target(self, user: int, split: str, cut: int = 0) -> tuple[np.ndarray, int]:
         """The items a user saw before the split's target, and the target: test = last, valid = second to last,
-        train = third to last (the newest item that neither evaluation split uses)."""
+        train = third to last (the newest item that neither evaluation split uses) or, with `cut` c, the training
+        item c places before it (a training episode at an earlier cut point: history = everything before it)."""
         offset = {"test": 1, "valid": 2, "train": 3}.get(split)
         if offset is None:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        if cut and split != "train":
+            raise ValueError(f"cut points are for the train split only, got cut={cut} on {split!r}")
         seq = self.sequences[user]
-        if len(seq) < offset + 1:
-            raise ValueError(f"user {user} has {len(seq)} interactions, too few for the {split!r} split")
+        offset += cut
+        if cut < 0 or len(seq) < offset + 1:
+            raise ValueError(f"user {user} has {len(seq)} interactions, too few for the {split!r} split at cut {cut}")
         return seq[: len(seq) - offset], int(seq[len(seq) - offset])
+
+    def n_cuts(self, user: int, cuts: int) -> int:
+        """How many of the first `cuts` train cut points the user has (each needs a target and one history item)."""
+        return max(0, min(cuts, len(self.sequences[user]) - 3))
 
     def eval_users(self, split: str) -> np.ndarray:
         """Users that have a target (and at least one history item) for the split."""
         offset = {"test": 1, "valid": 2, "train": 3}[split]
         return np.array([u for u, s in enumerate(self.sequences) if len(s) > offset], dtype=np.int64)
 
-    def training_sequences(self) -> list[np.ndarray]:
-        """Each user's sequence with the validation and test targets removed: the only data models train on."""
-        return [s[:-2] for s in self.sequences if len(s) > 2]
+    def training_sequences(self, holdout: int = 0) -> list[np.ndarray]:
+        """Each user's sequence with the validation and test targets removed: the only data models train on.
+        `holdout` also removes each user's last `holdout` training items (the targets of the first `holdout` train
+        cut points), for a model that must not have seen them."""
+        return [s[: len(s) - 2 - holdout] for s in self.sequences if len(s) > 2 + holdout]
 
     def item_popularity(self) -> np.ndarray:
         """Interaction counts per item id over the training sequences (index 0 = padding = 0)."""

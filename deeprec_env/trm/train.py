@@ -76,6 +76,9 @@ class TrainConfig:
     # with a backbone: train only the layers it lacks (item text and query fusion), so the empty query keeps the
     # backbone's sequential ranking plus what item text adds, and the query path cannot trade it away
     freeze_backbone: bool = False
+    # leave out each user's last `holdout` training items: the tool that serves the agent's training episodes, whose
+    # targets those items are, has then never seen them (`Stack.for_agent_training`)
+    holdout: int = 0
     seed: int = 0
 
 
@@ -97,10 +100,11 @@ class TRMConfig:
             self.backbone = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TRMConfig), self.backbone))
 
 
-def training_windows(dataset: RecDataset, max_len: int) -> np.ndarray:
-    """(n_windows, max_len + 1) item ids, left-padded: consecutive windows of each training sequence."""
+def training_windows(dataset: RecDataset, max_len: int, holdout: int = 0) -> np.ndarray:
+    """(n_windows, max_len + 1) item ids, left-padded: consecutive windows of each training sequence (without its
+    last `holdout` items)."""
     windows = []
-    for seq in dataset.training_sequences():
+    for seq in dataset.training_sequences(holdout):
         for end in range(len(seq), 1, -max_len):
             window = seq[max(0, end - max_len - 1) : end]
             windows.append(np.pad(window, (max_len + 1 - len(window), 0)))
@@ -263,7 +267,7 @@ def train_model(
         raise ValueError(f"{config.name}: train.select_oracle_weight needs a preference-aware model (fuse_query)")
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=train.lr, weight_decay=train.weight_decay)
-    windows = torch.from_numpy(training_windows(dataset, config.model.max_len))
+    windows = torch.from_numpy(training_windows(dataset, config.model.max_len, train.holdout))
     valid_users = dataset.eval_users("valid")
     if train.valid_users and len(valid_users) > train.valid_users:
         valid_users = np.sort(rng.choice(valid_users, train.valid_users, replace=False))
@@ -407,11 +411,12 @@ def _checkpoint_key(config: TRMConfig, encoder=None, catalogue: str | None = Non
     # fields added after checkpoints existed leave the key as it was while at their neutral value
     if config.backbone is None:
         del key["backbone"]
-    for name in ("sequence_loss", "freeze_backbone"):
+    for name in ("sequence_loss", "freeze_backbone", "holdout"):
         if not key["train"][name]:
             del key["train"][name]
-    if key.get("backbone") and not key["backbone"]["train"]["freeze_backbone"]:
-        del key["backbone"]["train"]["freeze_backbone"]
+    for name in ("freeze_backbone", "holdout"):
+        if key.get("backbone") and not key["backbone"]["train"][name]:
+            del key["backbone"]["train"][name]
     return key
 
 
@@ -475,6 +480,11 @@ def load_or_train(
     preference-aware model, the query bank are computed with it (and cached). A `backbone` is loaded (or trained)
     first. Training saves a resumable state at every validation and on a stop signal (`partial_state_path`); the
     next call continues from it, and it is deleted once the model is cached."""
+    if config.backbone is not None and config.backbone.train.holdout != config.train.holdout:
+        raise ValueError(
+            f"{config.name} holds out {config.train.holdout} items but its backbone {config.backbone.train.holdout}: "
+            "set the backbone's train.holdout to the same value"
+        )
     item_text, _ = text_inputs(dataset, config, cache_root, encoder, for_training=False)
     directory = checkpoint_dir(config, cache_root, encoder, dataset.catalogue)
     state_path = partial_state_path(directory)
