@@ -157,8 +157,11 @@ class ScriptedAgent(TextAgent):
             reasoning, preference = self.queries[calls]
             return f"{reasoning}\n{self.codec.render_tool_call(preference)}"
         ranked = self.fused(info)
-        reasoning = f"I pooled {len(ranked)} items from {calls} searches and ranked those the searches agree on first."
-        return self.answer(ranked, reasoning, info)
+        return self.answer(ranked, self.ranking_reasoning(len(ranked), calls), info)
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        """The reasoning written before the answer."""
+        return f"I pooled {pooled} items from {calls} searches and ranked those the searches agree on first."
 
     def fused(self, info: dict) -> list[int]:
         """The retrieved items outside the history, ranked by weighted reciprocal-rank fusion over the calls."""
@@ -178,6 +181,9 @@ class ScriptedCopyAgent(ScriptedAgent):
 
     name = "scripted-copy"
     call_weights = (1.0,)
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        return f"Of my {calls} searches, the first, from the history alone, ranks best; I keep its order."
 
 
 class OracleAgent(TextAgent):

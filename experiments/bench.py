@@ -10,12 +10,17 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
 - `retrieval`: p50/p95 latency of a batched tool call (query encoding included) for `bench.batch_sizes`,
   in-process and through the shared Ray actor.
 - `title_matching`: p50/p95 latency of matching one answer (copied cards, near-miss titles, unknown lines) to items.
+- `grpo_step`: a GRPO step's time by section (generation, tool, env, scoring, other rollout work, update) and its
+  generated tokens per second against the same policy's raw generation speed (not in the default task list: run it
+  with `bench.tasks=[grpo_step] bench.datasets=[ml-100k] bench.policy=runs/<run>/warm_start/final`).
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import json
 import os
@@ -264,8 +269,156 @@ def bench_title_matching(cfg: DictConfig) -> dict:
     }
 
 
+class Stopwatch:
+    """Seconds and calls per named section, timed by wrapping methods (of a class or an object) for the duration of
+    a `with` block; `count` turns a method's return value into a number summed per section (e.g. tokens)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: dict[str, int] = collections.defaultdict(int)
+        self.counts: dict[str, float] = collections.defaultdict(float)
+
+    @contextlib.contextmanager
+    def timing(self, owner, method: str, name: str, count=None):
+        original = getattr(owner, method)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+                self.calls[name] += 1
+            if count is not None:
+                self.counts[name] += count(out)
+            return out
+
+        setattr(owner, method, timed)
+        try:
+            yield
+        finally:
+            setattr(owner, method, original)
+
+
+def raw_generation_speed(policy_path: str, prompts: list, tools: list, batch: int, tokens: int, temperature: float):
+    """Tokens per second of the policy's own sampled generation (`generate`, no tools, no training) for `batch`
+    prompts of the GRPO batch, each forced to `tokens` new tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+    texts = [
+        tokenizer.apply_chat_template(p, tools=tools, tokenize=False, add_generation_prompt=True)
+        for p in (prompts * batch)[:batch]
+    ]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    settings = {"do_sample": True, "temperature": temperature, "min_new_tokens": tokens, "max_new_tokens": tokens}
+    with torch.inference_mode():
+        model.generate(**inputs, **settings | {"min_new_tokens": 8, "max_new_tokens": 8})  # warm-up
+        started = time.perf_counter()
+        model.generate(**inputs, **settings, pad_token_id=tokenizer.pad_token_id)
+        seconds = time.perf_counter() - started
+    return batch * tokens / seconds
+
+
+def bench_grpo_step(cfg: DictConfig) -> dict:
+    """Where a GRPO step's wall time goes and how fast it generates: `bench.grpo_steps` steps of the stage-2 recipe
+    (`trainer.stage2`, its group size and batch) from the policy at `bench.policy` (default: the untrained tiny
+    policy) in the trainer's env. Sections: generation (every `generate` of the tool loop), the tool (retrieval with
+    query encoding), the env (the rest of a tool call: limits, record, rendering), scoring (format checks and reward
+    components), other rollout work (tokenising, old and reference log-probabilities) and the update (forward,
+    backward, optimizer). The ratio compares the step's generated tokens per second of wall time with the raw
+    sampled generation speed of the same model on the same machine (`raw_generation_speed`)."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from agents.llm import policy_config, policy_dir
+    from agents.training.config import TrainerConfig
+    from agents.training.grpo import DeepRecToolEnv, train_grpo
+    from deeprec_env.config import typed
+    from deeprec_env.protocol import TOOL_SCHEMA
+    from experiments.train import sample_episodes, train_episodes
+
+    stack = build_stack(cfg)
+    trainer_config = typed(TrainerConfig, cfg.trainer)
+    env = dict(trainer_config.env) | {"split": "train"}
+    steps = cfg.bench.grpo_steps
+    stage = replace(trainer_config.stage2, max_steps=steps, save_steps=10**6, eval_every=0)
+    start = cfg.bench.policy or str(policy_dir(policy_config(cfg.policy), stack.dataset, stack.root))
+    prompts_per_step = stage.per_device_train_batch_size // stage.num_generations
+    cuts = stack.env_config(**env).train_cuts
+    episodes = sample_episodes(train_episodes(stack.dataset, cuts), prompts_per_step * steps, cfg.seed)
+    retriever = TimedRetriever(stack.retriever)
+    timed_stack = stack.replace(retriever=retriever)
+    watch = Stopwatch()
+    step_seconds: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step_seconds.append(time.perf_counter() - self.started)
+
+    def tokens(out) -> int:
+        return sum(len(ids) for ids in out[0])
+
+    with (
+        tempfile.TemporaryDirectory() as out,
+        watch.timing(GRPOTrainer, "_generate_single_turn", "generation", tokens),
+        watch.timing(GRPOTrainer, "_generate_and_score_completions", "rollout"),
+        watch.timing(GRPOTrainer, "_calculate_rewards", "scoring"),
+        watch.timing(DeepRecToolEnv, "retrieve", "tool_call"),
+    ):
+        make_env = functools.partial(timed_stack.make_env, **env)
+        train_grpo(Path(start), make_env, episodes, stage, Path(out), cfg.seed, callbacks=[StepTimer()])
+    probe = stack.make_env(**env)
+    prompts = []
+    for user, cut in episodes[:prompts_per_step]:
+        probe.reset(options={"user": int(user), "split": "train", "cut": int(cut)})
+        prompts.append(probe.prompt)
+    raw = raw_generation_speed(
+        start, prompts, [TOOL_SCHEMA], stage.per_device_train_batch_size, cfg.bench.raw_tokens, stage.temperature
+    )
+    total = sum(step_seconds)
+    env_seconds = watch.seconds["tool_call"] - retriever.seconds
+    other_rollout = watch.seconds["rollout"] - watch.seconds["generation"] - watch.seconds["tool_call"]
+    other_rollout -= watch.seconds["scoring"]
+    shares = {
+        "generation": watch.seconds["generation"],
+        "tool": retriever.seconds,
+        "env": env_seconds,
+        "scoring": watch.seconds["scoring"],
+        "other_rollout": other_rollout,
+        "update": total - watch.seconds["rollout"],
+    }
+    generated_per_s = watch.counts["generation"] / total
+    return {
+        "dataset": stack.dataset.name,
+        "policy": start,
+        "steps": len(step_seconds),
+        "completions_per_step": stage.per_device_train_batch_size,
+        "step_s": round(total / max(len(step_seconds), 1), 1),
+        "generated_tokens_per_step": round(watch.counts["generation"] / max(len(step_seconds), 1)),
+        "generated_tokens_per_s": round(generated_per_s, 1),
+        "raw_generation_tokens_per_s": round(raw, 1),
+        "throughput_ratio": round(generated_per_s / raw, 3),
+        "generate_calls": watch.calls["generation"],
+        "tool_calls": watch.calls["tool_call"],
+        "seconds": {name: round(value, 1) for name, value in shares.items()},
+        "share_of_step": {name: round(value / total, 3) for name, value in shares.items()},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 TASKS = {
     "contention": bench_contention,
+    "grpo_step": bench_grpo_step,
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "title_matching": bench_title_matching,

@@ -41,6 +41,9 @@ class BenchConfig:
     repeats: int = 30  # retrieval batches and matched answers per measurement
     recall_k: int = 20
     env_episodes: int = 512  # scripted-agent episodes for env_steps
+    grpo_steps: int = 2  # GRPO steps timed by grpo_step
+    policy: str | None = None  # grpo_step: the policy directory to start from (None: the untrained tiny policy)
+    raw_tokens: int = 128  # grpo_step: tokens per sequence of the raw generation measurement
     child: str | None = None  # internal: the task a measurement subprocess runs
 
 

@@ -474,3 +474,18 @@ def test_python_defaults_give_the_command_line_settings(tmp_path):
         assert settings == grpo_config(from_cli, env, [1.0, 1.0], tmp_path).to_dict()
     stage2 = grpo_config(GRPOStageConfig(), env, [1.0], tmp_path)
     assert (stage2.learning_rate, stage2.num_generations, stage2.max_tool_calling_iterations) == (5e-5, 8, 4)
+
+
+def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from deeprec_env.config import compose
+    from experiments.bench import bench_grpo_step
+
+    overrides = [*PIPELINE, f"artifacts={tmp_path}", "bench.grpo_steps=1", "bench.raw_tokens=8", "threads=1"]
+    result = bench_grpo_step(compose("config", overrides))
+    assert result["steps"] == 1 and result["generate_calls"] >= 1 and result["generated_tokens_per_step"] > 0
+    assert result["tool_calls"] >= 0 and result["raw_generation_tokens_per_s"] > 0 and result["throughput_ratio"] > 0
+    sections = result["seconds"]
+    assert set(sections) == {"generation", "tool", "env", "scoring", "other_rollout", "update"}
+    assert all(value >= 0 for value in sections.values()), sections  # each section nests where the bench assumes
+    assert sum(sections.values()) == pytest.approx(result["step_s"], abs=0.2)
