@@ -186,6 +186,29 @@ class ScriptedCopyAgent(ScriptedAgent):
         return f"Of my {calls} searches, the first, from the history alone, ranks best; I keep its order."
 
 
+class ScriptedRequestAgent(ScriptedAgent):
+    """Uses the user's request (`env.requests`) the obvious way: asks the tool with the request verbatim first,
+    makes the scripted calls after it, and answers the request call's list in its order. Without a request it is
+    `scripted-copy`."""
+
+    name = "scripted-request"
+    call_weights = (1.0,)
+
+    def reset(self, observation: str, info: dict) -> None:
+        super().reset(observation, info)
+        self.request = info.get("request", "")
+
+    def plan(self) -> list[tuple[str, str]]:
+        plan = super().plan()
+        if not self.request:
+            return plan
+        return [(f"The user asks: {self.request} I search for exactly that.", self.request), *plan[: len(plan) - 1]]
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        first = "the user's request" if self.request else "the history alone"
+        return f"Of my {calls} searches, the first, from {first}, ranks best; I keep its order."
+
+
 class OracleAgent(TextAgent):
     """Knows the target (an upper bound): asks with a query built from the target's metadata, answers the top
     results with the target first if it was retrieved."""
@@ -208,7 +231,10 @@ class OracleAgent(TextAgent):
         return self.answer(items, "The best match goes first.", info)
 
 
-TEXT_AGENTS = {cls.name: cls for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, OracleAgent)}
+TEXT_AGENTS = {
+    cls.name: cls
+    for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, ScriptedRequestAgent, OracleAgent)
+}
 
 
 def text_agent_class(name: str) -> type[TextAgent]:

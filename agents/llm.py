@@ -28,6 +28,8 @@ from deeprec_env.protocol import (
     ALL_TAGS,
     INSTRUCTIONS,
     ITEM_REFS,
+    REQUEST_LEAD,
+    REQUEST_NOTE,
     TOOL_SCHEMA,
     get_codec,
     instructions,
@@ -88,6 +90,7 @@ def _protocol_texts(protocol: EnvConfig) -> list[str]:
             for refs in ITEM_REFS
         ),
         " ".join(ALL_TAGS),
+        f"{REQUEST_LEAD}{REQUEST_NOTE}",
         json.dumps(TOOL_SCHEMA),
         json.dumps({"name": "retrieve", "arguments": {"preference": "comedy; 1990s"}}),
     ]

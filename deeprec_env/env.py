@@ -90,6 +90,7 @@ from deeprec_env.protocol import (
     render_assistant_message,
 )
 from deeprec_env.protocol.tool import content_text, requests_of_message, tool_request
+from deeprec_env.requests import user_request
 from deeprec_env.spaces import TextSpace
 from deeprec_env.trm.retriever import Retriever
 
@@ -115,6 +116,9 @@ class EnvConfig:
     exclude_history: bool = True  # tool calls never return the user's history items
     item_refs: str = "titles"  # answers name items by "titles" (the paper's protocol) | "handles" (#N) or titles
     train_cuts: int = 1  # train-split targets per user: its last train_cuts training items (1: the third to last)
+    requests: bool = False  # the prompt carries a user request synthesized from the target (deeprec_env.requests)
+    request_uninformative: float = 0.2  # share of requests that say nothing about any item
+    request_misleading: float = 0.2  # share of requests that state another item's aspects
 
     def validate(self) -> None:
         """One clear error line for a bad value."""
@@ -128,6 +132,9 @@ class EnvConfig:
         for name in ("recall_k", "rec_k", "max_tool_calls", "max_turns", "max_episode_tokens", "train_cuts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"env.{name} must be >= 1, got {getattr(self, name)}")
+        shares = (self.request_uninformative, self.request_misleading)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ValueError(f"env.request_uninformative, env.request_misleading must be >= 0, sum <= 1: {shares}")
         if self.history_items < 0:
             raise ValueError(f"env.history_items must be >= 0, got {self.history_items}")
 
@@ -297,13 +304,20 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             cut = int(self.np_random.integers(n_cuts)) if n_cuts > 1 else 0
         history, target = self.dataset.history_and_target(user, split, int(cut))
         shown = history[-self.config.history_items :] if self.config.history_items > 0 else history[:0]
-        self._prompt = self.codec.render_prompt(item_cards(self.dataset, shown, self.config.card_chars), self.config)
+        request = None
+        if self.config.requests:
+            shares = (self.config.request_uninformative, self.config.request_misleading)
+            request = user_request(self.dataset, split, user, int(cut), target, *shares)
+        cards = item_cards(self.dataset, shown, self.config.card_chars)
+        self._prompt = self.codec.render_prompt(cards, self.config, request.text if request else "")
         self._episode = Episode(
             user=user,
             split=split,
             history=history,
             target=target,
             cut=int(cut),
+            request=request.text if request else "",
+            request_kind=request.kind if request else "",
             rec_k=self.config.rec_k,
             codec=self.codec.name,
             prompt=self._prompt,
@@ -583,6 +597,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             "n_tool_calls": len(ep.tool_calls),
             "n_tokens": ep.n_tokens,
             "item_refs": self.config.item_refs,
+            "request": ep.request,
         }
         if self.chat:
             info["messages"] = self._messages()

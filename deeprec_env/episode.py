@@ -33,6 +33,8 @@ class Episode:
     rec_k: int
     codec: str  # "tags" | "chat"
     cut: int = 0  # train split: how many training items before the third to last the target lies
+    request: str = ""  # the user's request shown in the prompt (env.requests), "" without one
+    request_kind: str = ""  # informative | uninformative | misleading (deeprec_env.requests)
     prompt: str | list[dict] = ""  # what the agent was shown first: the prompt text (tags) or messages (chat)
     transcript: str | list[dict] = ""  # agent-side text (tags) or messages (chat) after the prompt
     tool_calls: list[ToolCall] = field(default_factory=list)

@@ -2,8 +2,9 @@
 users of the split, full ranking.
 
 Agents: ID-level rankers (`pop`, `reference`: the published SASRec recipe of `experiments.reference`, `sasrec`, `trm`,
-`trm-oracle`, `trm-mismatch`), text agents that act through the
-environment (`random`, `trm-agent`, `scripted`, `scripted-copy`, `oracle`, or a class path `my_pkg.module.MyAgent`),
+`trm-oracle`, `trm-mismatch`, `trm-request`: the TRM queried with the user request the env would show,
+`deeprec_env.requests`), text agents that act through the environment (`random`, `trm-agent`, `scripted`,
+`scripted-copy`, `scripted-request`, `oracle`, or a class path `my_pkg.module.MyAgent`),
 and `llm`, the trained policy at `policy.path`. A trained policy is evaluated in the env it was trained with (its
 `deeprec.json`); the run's other text agents play that env too, and a command-line `env.*` override that contradicts
 it is one error line unless `eval.force_env=true`.
@@ -53,7 +54,7 @@ TABLE_COLUMNS = [
     "format_ok",
     "reward",
 ]
-ID_AGENTS = ("pop", "reference", "sasrec", "trm", "trm-oracle", "trm-mismatch")
+ID_AGENTS = ("pop", "reference", "sasrec", "trm", "trm-oracle", "trm-mismatch", "trm-request")
 
 
 def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
@@ -69,8 +70,10 @@ def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mism
     }
 
 
-def id_ranker(cfg: DictConfig, stack: Stack, name: str, users: np.ndarray) -> tuple[Callable, Callable | None]:
-    """(scorer, per-user query or None) of an ID-level agent."""
+def id_ranker(
+    cfg: DictConfig, stack: Stack, name: str, users: np.ndarray, env: dict[str, Any]
+) -> tuple[Callable, Callable | None]:
+    """(scorer, per-user query or None) of an ID-level agent; `env`: the run's env fields (request shares)."""
     from deeprec_env.trm.retriever import InProcessRetriever
 
     if name == "pop":
@@ -83,7 +86,14 @@ def id_ranker(cfg: DictConfig, stack: Stack, name: str, users: np.ndarray) -> tu
 
         return load_or_train_reference(stack, ReferenceConfig(**cfg.reference), cfg.seed)[0].scores, None
     queries = {int(u): "" for u in users}
-    if name != "trm":
+    if name == "trm-request":
+        from deeprec_env.requests import user_request
+
+        config = stack.env_config(**env)
+        shares = (config.request_uninformative, config.request_misleading)
+        target = {int(u): stack.dataset.history_and_target(int(u), cfg.split)[1] for u in users}
+        queries = {u: user_request(stack.dataset, cfg.split, u, 0, t, *shares).text for u, t in target.items()}
+    elif name != "trm":
         queries = oracle_queries(cfg, stack.dataset, users, mismatch=name == "trm-mismatch")
     return stack.retriever.scores, queries.get
 
@@ -267,7 +277,7 @@ def evaluate(
     outcomes, stats = {}, {}
     for name in names:
         if name in ID_AGENTS:
-            scorer, queries = id_ranker(cfg, stack, name, users)
+            scorer, queries = id_ranker(cfg, stack, name, users, env)
             outcomes[name] = evaluate_scorer(
                 scorer,
                 stack.dataset,

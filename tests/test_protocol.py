@@ -351,6 +351,16 @@ def test_instructions_name_items_by_handle_only_with_handles(codec, brief):
     assert "handle" not in system("titles") and "#" not in system("titles")
 
 
+def test_a_request_follows_the_history_in_both_codecs():
+    with_requests = EnvConfig(requests=True)
+    text = TAGS.render_prompt(["A (1990)"], with_requests, "westerns from the 1960s")
+    assert text.endswith(f"1. A (1990)\nMy request: westerns from the 1960s{PROMPT_END}") and "a request" in text
+    assert TAGS.render_prompt(["A (1990)"], CFG) == TAGS.render_prompt(["A (1990)"], CFG, "")
+    system, user = CHAT.render_prompt(["A (1990)"], with_requests, "a comedy")
+    assert user["content"].endswith("\nMy request: a comedy") and "a request" in system["content"]
+    assert "request" not in CHAT.render_prompt(["A (1990)"], CFG)[0]["content"]
+
+
 def test_handles_lead_tool_results_in_both_codecs():
     assert (
         TAGS.render_tool_result(["A (1995)", "B"], ["#3", "#7"])

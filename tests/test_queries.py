@@ -415,3 +415,41 @@ def test_real_games_queries(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert shares[1] > 0.75  # titles like "Far Cry 3" name neither a platform nor a product type
     assert shares[2] > 0.85
     assert shares[3] == 1.0  # every item gets a type aspect (the default kind when the title names none)
+
+
+@pytest.mark.parametrize("which", ["movies", "games", "synthetic"])
+def test_user_requests_state_aspects_of_the_target_or_of_an_unrelated_item(which, request):
+    dataset: RecDataset = request.getfixturevalue(which)
+    for user in range(120):
+        check_request(dataset, user, user % 5)
+
+
+def check_request(dataset: RecDataset, user: int, cut: int) -> None:
+    from deeprec_env.requests import UNINFORMATIVE_REQUESTS, user_request
+
+    target = 1 + user % dataset.n_items
+    made = user_request(dataset, "train", user, cut, target, 0.25, 0.25)
+    assert made == user_request(dataset, "train", user, cut, target, 0.25, 0.25)  # a function of the episode
+    if made.kind == "uninformative":
+        assert made.text in UNINFORMATIVE_REQUESTS and made.about == 0
+        return
+    assert (made.about == target) == (made.kind == "informative")
+    about = dataset.items[made.about]
+    assert not title_leaks(made.text, about.title)
+    aspects = [a.casefold() for a in item_aspects(dataset, made.about)]
+    assert any(a in made.text.casefold() for a in aspects) or made.text.startswith("recommend me some")
+    if made.kind == "misleading":
+        own = {a.casefold() for a in item_aspects(dataset, target)}
+        shared = own & set(aspects)
+        assert not shared or dataset.n_items < 50, shared
+
+
+def test_request_kinds_follow_their_shares(synthetic: RecDataset) -> None:
+    from deeprec_env.requests import user_request
+
+    kinds = [user_request(synthetic, "valid", u, 0, 1 + u % synthetic.n_items, 0.3, 0.2).kind for u in range(2000)]
+    shares = {k: kinds.count(k) / len(kinds) for k in ("uninformative", "misleading", "informative")}
+    assert shares["uninformative"] == pytest.approx(0.3, abs=0.04) and shares["misleading"] == pytest.approx(
+        0.2, abs=0.04
+    )
+    assert {user_request(synthetic, "valid", u, 0, 1, 0.0, 0.0).kind for u in range(50)} == {"informative"}

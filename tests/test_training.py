@@ -19,7 +19,7 @@ from agents.training.grpo import DeepRecToolEnv, active_components, component_re
 from agents.training.warm_start import sft_messages, teacher_episodes
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
-from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec
+from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec, normalize_preference
 from tests.fakes import random_stack, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +192,47 @@ def test_training_episodes_span_cut_points_and_the_filter_keeps_what_the_tool_fi
         assert ((user, cut) in kept) == (target in found)
     teacher = teacher_episodes(stack, {"split": "train"}, sample[:, 0], "scripted-copy", 4, 0, sample[:, 1])
     assert [(e.user, e.cut) for e in teacher] == [tuple(r) for r in sample.tolist()]
+
+
+def test_requests_reach_the_prompt_the_record_and_the_trm_request_baseline(dataset, stack):
+    from omegaconf import OmegaConf
+
+    from deeprec_env.protocol import REQUEST_LEAD, REQUEST_NOTE
+    from deeprec_env.requests import user_request
+    from experiments.evaluate import id_ranker
+
+    fields = {"requests": True, "request_uninformative": 0.3, "request_misleading": 0.3}
+    users = dataset.eval_users("test")[:20]
+    _, queries = id_ranker(OmegaConf.create({"split": "test", "seed": 0}), stack, "trm-request", users, fields)
+    env = stack.make_env(**fields)
+    kinds = set()
+    for user in users:
+        obs, info = env.reset(options={"user": int(user), "split": "test"})
+        episode = env.episode
+        shown = user_request(dataset, "test", int(user), 0, episode.target, 0.3, 0.3)
+        assert (episode.request, episode.request_kind) == (shown.text, shown.kind) == (queries(int(user)), shown.kind)
+        assert info["request"] == shown.text
+        system, message = json.loads(obs)
+        assert message["content"].endswith(f"{REQUEST_LEAD}{shown.text}") and REQUEST_NOTE in system["content"]
+        kinds.add(shown.kind)
+    assert kinds == {"informative", "uninformative", "misleading"}
+    plain = stack.make_env()
+    obs, info = plain.reset(options={"user": int(users[0]), "split": "test"})
+    assert info["request"] == "" and REQUEST_LEAD not in obs and REQUEST_NOTE not in obs
+    with pytest.raises(ValueError, match="request_misleading"):
+        stack.make_env(requests=True, request_uninformative=0.6, request_misleading=0.6)
+
+
+def test_scripted_request_asks_with_the_request_first_and_answers_its_list(dataset, stack):
+    users = [int(u) for u in dataset.eval_users("train")[:6]]
+    asked = teacher_episodes(stack, {"split": "train", "requests": True}, users, "scripted-request", 3, 0)
+    copied = teacher_episodes(stack, {"split": "train"}, users, "scripted-copy", 3, 0)
+    plain = teacher_episodes(stack, {"split": "train"}, users, "scripted-request", 3, 0)
+    for episode, copy_episode, without in zip(asked, copied, plain, strict=True):
+        assert episode.preferences[0] == normalize_preference(episode.request) and episode.format_ok
+        assert episode.ranked_ids == episode.tool_calls[0].item_ids[: episode.rec_k]
+        assert episode.preferences[1:] == copy_episode.preferences[:-1]
+        assert without.ranked_ids == copy_episode.ranked_ids and without.preferences == copy_episode.preferences
 
 
 def _trl_completion(episode) -> list[dict]:

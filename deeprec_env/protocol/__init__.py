@@ -24,7 +24,7 @@ from deeprec_env.protocol.checks import (
 from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
 from deeprec_env.protocol.handles import ITEM_REFS, item_handles
 from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
-from deeprec_env.protocol.prompts import INSTRUCTIONS, PromptSettings, instructions
+from deeprec_env.protocol.prompts import INSTRUCTIONS, REQUEST_LEAD, REQUEST_NOTE, PromptSettings, instructions
 from deeprec_env.protocol.tags import (
     ALL_TAGS,
     ITEMS_CLOSE,
@@ -75,6 +75,8 @@ __all__ = [
     "PROBLEM_UNBALANCED",
     "PROMPT_END",
     "REC_CLOSE",
+    "REQUEST_LEAD",
+    "REQUEST_NOTE",
     "REC_OPEN",
     "THINK_CLOSE",
     "THINK_OPEN",

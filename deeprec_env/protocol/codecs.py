@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deeprec_env.protocol.prompts import PromptSettings, history_listing, instructions
+from deeprec_env.protocol.prompts import REQUEST_LEAD, PromptSettings, history_listing, instructions
 from deeprec_env.protocol.tags import (
     EMPTY_RESULT,
     ITEMS_CLOSE,
@@ -118,7 +118,10 @@ class Codec:
         items' handles, `protocol.handles`)."""
         raise NotImplementedError
 
-    def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings) -> str | list[dict[str, str]]:
+    def render_prompt(
+        self, history_cards: Sequence[str], settings: PromptSettings, request: str = ""
+    ) -> str | list[dict[str, str]]:
+        """The episode's prompt: instructions, the history and, when given, the user's request."""
         raise NotImplementedError
 
     def solution(self, transcript: Any) -> str:
@@ -163,8 +166,8 @@ class TagsCodec(Codec):
         body = numbered(cards, labels) + "\n" if cards else EMPTY_RESULT + "\n"
         return f"\n{ITEMS_OPEN}\n{body}{ITEMS_CLOSE}\n\n"
 
-    def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings) -> str:
-        history = history_listing(history_cards)
+    def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings, request: str = "") -> str:
+        history = history_listing(history_cards) + (f"\n{REQUEST_LEAD}{request}" if request else "")
         return f"{instructions('tags', settings)}\n\nNow, let's begin.\nUser:\n{history}{PROMPT_END}"
 
     def solution(self, transcript: Any) -> str:
@@ -233,10 +236,13 @@ class ChatCodec(Codec):
     def tool_message(self, content: str) -> dict[str, str]:
         return {"role": "tool", "name": TOOL_NAME, "content": content}
 
-    def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings) -> list[dict[str, str]]:
-        """[system (instructions and answer format), user (the history)]; pass `tools=[TOOL_SCHEMA]` to the chat
-        template."""
+    def render_prompt(
+        self, history_cards: Sequence[str], settings: PromptSettings, request: str = ""
+    ) -> list[dict[str, str]]:
+        """[system (instructions and answer format), user (the history, then the request if any)]; pass
+        `tools=[TOOL_SCHEMA]` to the chat template."""
         user = f"My interaction history, oldest first:\n{history_listing(history_cards)}\n\nWhat will I enjoy next?"
+        user += f"\n{REQUEST_LEAD}{request}" if request else ""
         return [{"role": "system", "content": instructions("chat", settings)}, {"role": "user", "content": user}]
 
     def render_messages(self, messages: Sequence[Mapping[str, Any]]) -> str:

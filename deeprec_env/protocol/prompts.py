@@ -12,6 +12,8 @@ from deeprec_env.protocol.text import numbered
 from deeprec_env.protocol.tool import TOOL_NAME
 
 INSTRUCTIONS = ("full", "brief")
+REQUEST_LEAD = "My request: "  # leads the user's request in the prompt (env.requests)
+REQUEST_NOTE = "The user may add a request in their own words; it can help, say nothing, or point elsewhere."
 
 
 class PromptSettings(Protocol):
@@ -22,6 +24,7 @@ class PromptSettings(Protocol):
     max_tool_calls: int
     instructions: str
     item_refs: str
+    requests: bool
 
 
 def history_listing(history_cards: Sequence[str]) -> str:
@@ -46,7 +49,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
             f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
             f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved "
             f"{'items by their handles (#N)' if handles else 'titles'}, best first, numbered, in {REC_OPEN} "
-            f"{REC_CLOSE}."
+            f"{REC_CLOSE}." + (f" {REQUEST_NOTE}" if settings.requests else "")
         )
     first, second = ("#1", "#2") if handles else ("1.", "2.")
     returns = "a list of items, one per line, each led by its handle (#N)" if handles else "a numbered list of items"
@@ -93,7 +96,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         f"{tool}\n"
         f"{listed}"
         "The user's history is a numbered list of the items the user interacted with, ordered by time, oldest "
-        "first.\n\n"
+        f"first.{' ' + REQUEST_NOTE if settings.requests else ''}\n\n"
         "Instructions:\n"
         "1. Reason about the history: which categories, themes, moods and periods the user likes, and how the "
         "taste changes over time.\n"
