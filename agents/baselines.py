@@ -164,14 +164,20 @@ class ScriptedAgent(TextAgent):
         return f"I pooled {pooled} items from {calls} searches and ranked those the searches agree on first."
 
     def fused(self, info: dict) -> list[int]:
-        """The retrieved items outside the history, ranked by weighted reciprocal-rank fusion over the calls."""
+        """The retrieved items outside the history, ranked by weighted reciprocal-rank fusion over the calls; when
+        that leaves fewer than rec_k (a history card can name another item of the same title), the other calls'
+        items follow in call and rank order."""
         scores: dict[int, float] = {}
         history = set(self.history)
         for weight, call in zip(self.call_weights, info["tool_calls"], strict=False):
             for rank, item in enumerate(call["item_ids"]):
                 if item not in history:
                     scores[item] = scores.get(item, 0.0) + weight / (self.fusion_k + rank)
-        return sorted(scores, key=lambda i: (-scores[i], i))
+        ranked = sorted(scores, key=lambda i: (-scores[i], i))
+        if len(ranked) < self.rec_k:
+            rest = (i for call in info["tool_calls"] for i in call["item_ids"] if i not in scores and i not in history)
+            ranked += list(dict.fromkeys(rest))
+        return ranked
 
 
 class ScriptedCopyAgent(ScriptedAgent):

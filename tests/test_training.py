@@ -194,6 +194,15 @@ def test_training_episodes_span_cut_points_and_the_filter_keeps_what_the_tool_fi
     assert [(e.user, e.cut) for e in teacher] == [tuple(r) for r in sample.tolist()]
 
 
+def test_scripted_answers_fill_up_when_a_history_card_names_a_retrieved_item(dataset):
+    from agents.baselines import ScriptedCopyAgent
+
+    agent = ScriptedCopyAgent(dataset, protocol="chat", rec_k=5)
+    agent.history = [3]  # a card of the prompt matched item 3, which shares its title with the user's real item
+    info = {"tool_calls": [{"item_ids": [1, 2, 3, 4, 5]}, {"item_ids": [6, 3, 7]}]}
+    assert agent.fused(info) == [1, 2, 4, 5, 6, 7]
+
+
 def test_requests_reach_the_prompt_the_record_and_the_trm_request_baseline(dataset, stack):
     from omegaconf import OmegaConf
 
