@@ -376,7 +376,8 @@ def bench_grpo_step(cfg: DictConfig) -> dict:
         watch.timing(DeepRecToolEnv, "retrieve", "tool_call"),
     ):
         make_env = functools.partial(timed_stack.make_env, **env)
-        train_grpo(Path(start), make_env, episodes, stage, Path(out), cfg.seed, callbacks=[StepTimer()])
+        turn_tokens = policy_config(cfg.policy).max_new_tokens
+        train_grpo(Path(start), make_env, episodes, stage, Path(out), cfg.seed, None, [StepTimer()], turn_tokens)
     probe = stack.make_env(**env)
     prompts = []
     for user, cut in episodes[:prompts_per_step]:

@@ -153,6 +153,7 @@ class Run:
             self.cfg.seed,
             self.out / "tensorboard" / name,
             [self.validation_callback(name, stage.eval_every)],
+            turn_tokens=self.policy.max_new_tokens,
         )
         return self.finished(final)
 

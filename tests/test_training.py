@@ -524,6 +524,9 @@ def test_python_defaults_give_the_command_line_settings(tmp_path):
         assert settings == grpo_config(from_cli, env, [1.0, 1.0], tmp_path).to_dict()
     stage2 = grpo_config(GRPOStageConfig(), env, [1.0], tmp_path)
     assert (stage2.learning_rate, stage2.num_generations, stage2.max_tool_calling_iterations) == (5e-5, 8, 4)
+    assert stage2.generation_kwargs is None  # TRL's default: every turn may use the whole completion budget
+    capped = grpo_config(GRPOStageConfig(), env, [1.0], tmp_path, turn_tokens=256)
+    assert capped.generation_kwargs == {"max_new_tokens": 256}
 
 
 def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):

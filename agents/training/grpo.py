@@ -99,13 +99,19 @@ def grpo_config(
     out_dir: Path,
     seed: int = 0,
     logging_dir: Path | None = None,
+    turn_tokens: int | None = None,
 ):
-    """TRL's `GRPOConfig` of a stage: the stage's TRL arguments, the tool-call rounds the env allows, the reward
-    weights and the settings every phase shares."""
+    """TRL's `GRPOConfig` of a stage: the stage's TRL arguments, the tool-call rounds the env allows, the tokens one
+    turn may generate (`turn_tokens`, the policy's `max_new_tokens` as in evaluation; None: TRL lets every turn use
+    the whole completion budget, so one rambling completion keeps its whole batch generating), the reward weights
+    and the settings every phase shares."""
     from trl import GRPOConfig
 
+    args = config.trl_args()
+    if turn_tokens is not None:
+        args["generation_kwargs"] = {"max_new_tokens": turn_tokens} | dict(args.get("generation_kwargs") or {})
     return GRPOConfig(
-        **config.trl_args(),
+        **args,
         max_tool_calling_iterations=min(env_config.max_tool_calls, env_config.max_turns - 1),
         reward_weights=list(reward_weights),
         **trainer_settings(out_dir, seed, logging_dir),
@@ -121,10 +127,11 @@ def train_grpo(
     seed: int = 0,
     logging_dir: Path | None = None,
     callbacks: Sequence = (),
+    turn_tokens: int | None = None,
 ) -> Path:
     """One GRPO stage from the policy at `policy_path` on train-split `episodes` ((user, cut) pairs); checkpoints
     every `save_steps` in `out_dir` and a rerun resumes from the last one. Returns the final model directory
-    (`out_dir/final`)."""
+    (`out_dir/final`). `turn_tokens`: the tokens one turn may generate (`grpo_config`)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
@@ -144,7 +151,7 @@ def train_grpo(
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(policy_path),
         reward_funcs=component_rewards(names),
-        args=grpo_config(config, probe.config, weights, out_dir, seed, logging_dir),
+        args=grpo_config(config, probe.config, weights, out_dir, seed, logging_dir, turn_tokens),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         environment_factory=lambda: DeepRecToolEnv(make_env()),
