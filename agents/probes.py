@@ -205,7 +205,8 @@ class NearMissProbe(ProbeAgent):
             words = [*(words[:-1] if words and (words[-1] in numeral or words[-1].isdigit()) else words), "9"]
         return " ".join(words) + year
 
-    def answer(self, items: Sequence[int], reasoning: str) -> str:
+    def answer(self, items: Sequence[int], reasoning: str, info: dict | None = None) -> str:
+        """Perturbed titles, always: the probe tests title matching, so it never names an item by handle."""
         lines = [self.perturb(self.title(i), n % 3) for n, i in enumerate(items[: self.rec_k])]
         return self.answer_lines(lines, reasoning)
 
