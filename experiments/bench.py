@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from deeprec_env.runtime import configure_threads
 from deeprec_env.stack import build_stack, stack_config, text_encoder
-from experiments.common import CONFIG_PATH, entry_point, log, provenance, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, log, provenance, run_dir, seeded_sample, write_json
 
 
 def peak_rss_mb() -> float:
@@ -192,9 +192,7 @@ def bench_env_steps(cfg: DictConfig) -> dict:
 
     stack = build_stack(cfg)
     dataset = stack.dataset
-    users = dataset.eval_users("test")
-    n = min(cfg.bench.env_episodes, len(users))
-    users = np.sort(np.random.default_rng(cfg.seed).choice(users, n, replace=False))
+    users = seeded_sample(dataset.eval_users("test"), cfg.bench.env_episodes, cfg.seed)
     result = {"dataset": dataset.name, "episodes": len(users), "agent": "scripted"}
     agent_seconds = [0.0]
 
@@ -342,7 +340,7 @@ def bench_grpo_step(cfg: DictConfig) -> dict:
     from agents.training.grpo import DeepRecToolEnv, train_grpo
     from deeprec_env.config import typed
     from deeprec_env.protocol import TOOL_SCHEMA
-    from experiments.train import sample_episodes, train_episodes
+    from experiments.train import train_episodes
 
     stack = build_stack(cfg)
     trainer_config = typed(TrainerConfig, cfg.trainer)
@@ -352,7 +350,7 @@ def bench_grpo_step(cfg: DictConfig) -> dict:
     start = cfg.bench.policy or str(policy_dir(policy_config(cfg.policy), stack.dataset, stack.root))
     prompts_per_step = stage.per_device_train_batch_size // stage.num_generations
     cuts = stack.env_config(**env).train_cuts
-    episodes = sample_episodes(train_episodes(stack.dataset, cuts), prompts_per_step * steps, cfg.seed)
+    episodes = seeded_sample(train_episodes(stack.dataset, cuts), prompts_per_step * steps, cfg.seed)
     retriever = TimedRetriever(stack.retriever)
     timed_stack = stack.replace(retriever=retriever)
     watch = Stopwatch()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 
 import experiments.config  # noqa: F401  (registers the config schemas before Hydra composes)
@@ -86,3 +87,11 @@ def publish(name: str, results: dict, report: list[str]) -> None:
     print("\n" + "\n".join(lines))
     write_json(run_dir() / f"{name}.json", results)
     (run_dir() / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def seeded_sample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of n rows (users, or (user, cut) episodes), kept in their order; all of them when n is 0 or
+    there are fewer. Every command draws its users and episodes with it, so the same seed picks the same ones."""
+    if n and len(rows) > n:
+        return rows[np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))]
+    return rows

@@ -39,7 +39,7 @@ from deeprec_env.metrics import (
     summarize,
 )
 from deeprec_env.stack import Stack, build_stack
-from experiments.common import CONFIG_PATH, entry_point, markdown_table, provenance, run_dir, write_json
+from experiments.common import CONFIG_PATH, entry_point, markdown_table, provenance, run_dir, seeded_sample, write_json
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
 TABLE_COLUMNS = [
@@ -200,10 +200,7 @@ def latent_category_recovery(dataset: RecDataset, episodes) -> dict[str, np.ndar
 
 def evaluation_users(cfg: DictConfig, dataset: RecDataset) -> np.ndarray:
     """All users with a target in the split, or a fixed seeded sample of `eval.max_users`."""
-    users = dataset.eval_users(cfg.split)
-    if cfg.eval.max_users and len(users) > cfg.eval.max_users:
-        users = np.sort(np.random.default_rng(cfg.seed).choice(users, cfg.eval.max_users, replace=False))
-    return users
+    return seeded_sample(dataset.eval_users(cfg.split), cfg.eval.max_users, cfg.seed)
 
 
 def result_record(

@@ -26,7 +26,7 @@ from agents.probes import PROBES, ProbeAgent
 from deeprec_env.episode import Episode
 from deeprec_env.metrics import bootstrap_interval, paired_difference
 from deeprec_env.stack import Stack, build_stack
-from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
+from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish, seeded_sample
 
 TABLE_COLUMNS = [
     "agent",
@@ -72,11 +72,7 @@ def answer_ndcg(episode: Episode) -> float:
 
 
 def probe_users(cfg: DictConfig, dataset) -> np.ndarray:
-    users = dataset.eval_users(cfg.split)
-    n = cfg.probes_users
-    if n and len(users) > n:
-        users = np.sort(np.random.default_rng(cfg.seed).choice(users, n, replace=False))
-    return users
+    return seeded_sample(dataset.eval_users(cfg.split), cfg.probes_users, cfg.seed)
 
 
 def preset_stacks(cfg: DictConfig) -> dict[str, Stack]:

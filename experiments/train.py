@@ -28,29 +28,16 @@ from deeprec_env.config import typed
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.metrics import paired_difference
 from deeprec_env.stack import Stack
-from experiments.common import CONFIG_PATH, entry_point, markdown_table, write_json
+from experiments.common import CONFIG_PATH, entry_point, markdown_table, seeded_sample, write_json
 from experiments.prepare import prepare
 
 log = logging.getLogger("deeprec")
-
-
-def seeded_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if n and len(users) > n:
-        return np.sort(np.random.default_rng(seed).choice(users, n, replace=False))
-    return users
 
 
 def train_episodes(dataset: RecDataset, cuts: int) -> np.ndarray:
     """Every train-split episode, (user, cut) rows: each user's first `cuts` cut points (`RecDataset.n_cuts`)."""
     rows = [(int(u), c) for u in dataset.eval_users("train") for c in range(dataset.n_cuts(int(u), cuts))]
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
-
-
-def sample_episodes(episodes: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A seeded sample of n (user, cut) rows in their order (all of them when n is 0 or there are fewer)."""
-    if n and len(episodes) > n:
-        return episodes[np.sort(np.random.default_rng(seed).choice(len(episodes), n, replace=False))]
-    return episodes
 
 
 def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: int) -> np.ndarray:
@@ -78,7 +65,7 @@ def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: in
             stage.difficulty_top,
         )
         episodes = kept
-    return sample_episodes(episodes, stage.episodes, seed)
+    return seeded_sample(episodes, stage.episodes, seed)
 
 
 def done(phase_dir: Path) -> bool:
@@ -127,7 +114,7 @@ class Run:
             log.info("warm start already done: %s", phase / "final")
             return phase / "final"
         config: WarmStartConfig = self.trainer.warm_start
-        chosen = sample_episodes(train_episodes(self.stack.dataset, self.cuts), config.episodes, self.cfg.seed)
+        chosen = seeded_sample(train_episodes(self.stack.dataset, self.cuts), config.episodes, self.cfg.seed)
         env = self.env | {"split": "train"}
         episodes = teacher_episodes(
             self.train_stack, env, chosen[:, 0], config.teacher, self.trainer.n_envs, self.cfg.seed, chosen[:, 1]

@@ -174,7 +174,8 @@ def test_teacher_answers_by_handle_exactly_what_it_would_name_by_title(dataset, 
 
 def test_training_episodes_span_cut_points_and_the_filter_keeps_what_the_tool_finds(dataset, stack):
     from agents.training.config import GRPOStageConfig
-    from experiments.train import sample_episodes, train_episodes, trainable_episodes
+    from experiments.common import seeded_sample as sample_episodes
+    from experiments.train import train_episodes, trainable_episodes
 
     episodes = train_episodes(dataset, 3)
     expected = [(int(u), c) for u in dataset.eval_users("train") for c in range(dataset.n_cuts(int(u), 3))]
