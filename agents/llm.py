@@ -38,7 +38,7 @@ from deeprec_env.protocol import (
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("tiny", "smollm2-135m", "hf")
+POLICIES = ("tiny", "smollm2-135m", "hf", "tag-ppo")  # tag-ppo: a tag-action policy (agents.training.ppo)
 SETTINGS_FILE = "deeprec.json"  # written beside a trained policy: the dataset, env and generation it was trained with
 GENERATION_FIELDS = ("max_new_tokens", "temperature")
 TINY_ARCHS = ("gpt2", "llama")
@@ -50,7 +50,7 @@ PAD, EOS, BOS = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 class PolicyConfig:
     """Which model acts, and how it generates. The tiny-model fields matter only for `name="tiny"`."""
 
-    name: str = "tiny"  # tiny | smollm2-135m | hf
+    name: str = "tiny"  # tiny | smollm2-135m | hf | tag-ppo
     path: str | None = None  # model directory for name=hf
     arch: str = "gpt2"  # gpt2 (learned absolute positions) | llama (rotary positions)
     vocab_size: int = 4096

@@ -78,6 +78,14 @@ class ReferenceConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray work runs (`policy=tag-ppo` env runners)."""
+
+    address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start Ray on this machine
+    num_cpus: int | None = None  # CPUs of a Ray started here (None: all)
+
+
+@dataclass
 class ExperimentConfig(StackConfig):
     agent: Any = "sasrec"  # a name (`experiments.evaluate` lists them), module.Class, or a list of them
     split: str = "test"  # valid | test: the split evaluation reports
@@ -91,6 +99,7 @@ class ExperimentConfig(StackConfig):
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 register_configs()

@@ -4,8 +4,8 @@ users of the split, full ranking.
 Agents: ID-level rankers (`pop`, `reference`: the published SASRec recipe of `experiments.reference`, `sasrec`, `trm`,
 `trm-oracle`, `trm-mismatch`, `trm-request`: the TRM queried with the user request the env would show,
 `deeprec_env.requests`), text agents that act through the environment (`random`, `trm-agent`, `scripted`,
-`scripted-copy`, `scripted-request`, `oracle`, or a class path `my_pkg.module.MyAgent`),
-and `llm`, the trained policy at `policy.path`. A trained policy is evaluated in the env it was trained with (its
+`scripted-copy`, `scripted-request`, `oracle`, or a class path `my_pkg.module.MyAgent`), and `llm` / `tag-ppo`, the
+trained LLM or tag-action policy at `policy.path`. A trained policy is evaluated in the env it was trained with (its
 `deeprec.json`); the run's other text agents play that env too, and a command-line `env.*` override that contradicts
 it is one error line unless `eval.force_env=true`.
 
@@ -55,6 +55,10 @@ TABLE_COLUMNS = [
     "reward",
 ]
 ID_AGENTS = ("pop", "reference", "sasrec", "trm", "trm-oracle", "trm-mismatch", "trm-request")
+POLICY_AGENTS = {  # agents that play the trained policy at `policy.path`, with an example path
+    "llm": "runs/ml-100k-tiny/stage2/final",
+    "tag-ppo": "runs/ml-100k-tag-ppo/stage2/final",
+}
 
 
 def oracle_queries(cfg: DictConfig, dataset: RecDataset, users: np.ndarray, mismatch: bool) -> dict[int, str]:
@@ -254,13 +258,15 @@ def evaluate(
     """Evaluate `cfg.agent` and the trained `policies` (name -> model directory; `llm` on the command line is
     `policy.path`) on the same users of `cfg.split`; writes the results into `out` (default: the Hydra run dir)."""
     from agents.llm import LLMAgent, LLMPolicy, policy_config
+    from agents.training.ppo import is_tag_policy, load_tag_agent
 
     names = agent_names(cfg)
     policies = dict(policies or {})
-    if "llm" in names:
-        if not cfg.policy.get("path"):
-            raise SystemExit("agent=llm needs policy.path=DIR (a trained model, e.g. runs/ml-100k-tiny/stage2/final)")
-        policies["llm"] = Path(cfg.policy.path)
+    for name in POLICY_AGENTS:
+        if name in names:
+            if not cfg.policy.get("path"):
+                raise SystemExit(f"agent={name} needs policy.path=DIR (a trained policy, e.g. {POLICY_AGENTS[name]})")
+            policies[name] = Path(cfg.policy.path)
     names += [name for name in policies if name not in names]
     for name in names:
         if name not in ID_AGENTS and name not in policies:
@@ -287,7 +293,9 @@ def evaluate(
             )
             continue
         make_agent = None
-        if name in policies:
+        if name in policies and is_tag_policy(policies[name]):
+            make_agent = load_tag_agent(policies[name], stack.dataset)
+        elif name in policies:
             config = dataclasses.replace(policy_config(cfg.policy), **generation)
             policy = LLMPolicy.load(policies[name], config)
 
@@ -306,12 +314,15 @@ def evaluate(
     (out / "results.md").write_text(results_table(records) + "\n")
     if len(names) > 1:
         per_user = {name: outcome.per_user() for name, outcome in outcomes.items()}
+        for name, episode_stats in stats.items():  # text agents: the episode reward is compared too
+            per_user[name] = per_user[name] | {"reward": episode_stats["reward"]}
         comparisons = {
             f"{later}-vs-{earlier}": {
                 metric: paired_difference(
                     per_user[later][metric], per_user[earlier][metric], cfg.eval.bootstrap, seed=cfg.seed
                 )
-                for metric in REPORTED
+                for metric in [*REPORTED, "reward"]
+                if metric in per_user[later] and metric in per_user[earlier]
             }
             for i, earlier in enumerate(names)
             for later in names[i + 1 :]

@@ -193,6 +193,30 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         return {"validation": validation, "test": evaluate(node, self.stack, policies=models, out=out)}
 
+    def evaluate_tag_policy(self, models: dict[str, Path]) -> dict:
+        """The tag policy of the last phase beside the baselines (with requests: `trm-request`, `scripted-request`)
+        on `trainer.evaluation.valid_users` validation users, then on `trainer.evaluation.users` test users."""
+        from experiments.evaluate import evaluate
+
+        evaluation_config = self.trainer.evaluation
+        policy = {"tag-ppo": list(models.values())[-1]}
+        requests = self.stack.env_config(**self.env).requests
+        extra = ["trm-request", "scripted-request"] if requests else []
+        results = {}
+        for split, folder, agents, users in (
+            ("valid", "evaluation-valid", ["trm", "scripted", *extra], evaluation_config.valid_users),
+            ("test", "evaluation", [*evaluation_config.agents, *extra], evaluation_config.users),
+        ):
+            node = self.cfg.copy()
+            with open_dict(node):
+                node.agent = agents
+                node.split = split
+                node.eval.max_users = users or None
+            out = self.out / folder
+            out.mkdir(parents=True, exist_ok=True)
+            results[split] = evaluate(node, self.stack, policies=policy, out=out)
+        return results
+
 
 def learning_curves(out: Path) -> list[Path]:
     """PNG curves from each phase's trainer log: SFT loss, GRPO reward and its components, validation NDCG@10."""
@@ -262,6 +286,8 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(f"unknown phase {unknown[0]!r}; trainer.phases takes {list(PHASES)}")
     run = Run(cfg, prepare(cfg).with_reward(cfg.reward))
     run.out.mkdir(parents=True, exist_ok=True)
+    if run.policy.name == "tag-ppo":
+        return train_tag_policy(run)
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     models: dict[str, Path] = {}
     timings_path = run.out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
@@ -286,6 +312,121 @@ def train(cfg: DictConfig) -> dict:
         log.info("report: %s", write_report(cfg, run.out, results, timings))
     log.info("outputs in %s (TensorBoard: tensorboard --logdir %s)", run.out, run.out / "tensorboard")
     return timings
+
+
+def train_tag_policy(run: Run) -> dict:
+    """`policy=tag-ppo`: PPO phases (`stage1` / `stage2` in `trainer.phases`, each with its stage's reward) of a
+    tag-action policy on Ray env runners, then `evaluate`: the policy beside the baselines on every validation user
+    (`trainer.evaluation.valid_users`) and on the test users, and `report.md`."""
+    import ray
+
+    from agents.training.ppo import train_tag_ppo, validation_episodes
+
+    cfg = run.cfg
+    (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    node = OmegaConf.to_container(cfg, resolve=True)
+    timings_path = run.out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    phases = [p for p in PHASES if p in cfg.trainer.phases]
+    if "warm_start" in phases:
+        raise SystemExit("policy=tag-ppo trains from scratch: drop warm_start from trainer.phases")
+    current, models = None, {}
+    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        for phase in phases:
+            started = time.perf_counter()
+            phase_dir = run.out / phase
+            if phase == "evaluate":
+                results = run.evaluate_tag_policy(models)
+            elif done(phase_dir):
+                current = models[f"tag-ppo-{phase}"] = phase_dir / "final"
+                continue
+            else:
+                stage: GRPOStageConfig = getattr(run.trainer, phase)
+                history: list[dict] = []
+
+                def validate(make_agent, iteration: int, history=history, phase_dir=phase_dir) -> dict[str, float]:
+                    episodes = validation_episodes(run.rec, run.env, make_agent, run.valid_users, run.trainer.n_envs)
+                    scalars = validation_scalars(episodes)
+                    history.append({"iteration": iteration, **scalars})
+                    write_json(phase_dir / "validation.json", {"history": history})
+                    return scalars
+
+                current = models[f"tag-ppo-{phase}"] = train_tag_ppo(
+                    node,
+                    run.stack,
+                    run.env,
+                    run.cuts if run.trainer.tool_holdout else 0,
+                    stage.reward,
+                    run.trainer.ppo,
+                    phase_dir,
+                    cfg.seed,
+                    run.out / "tensorboard" / phase,
+                    validate,
+                    current,
+                )
+                run.finished(current)
+            timings[phase] = round(time.perf_counter() - started, 1)
+            write_json(timings_path, timings)
+    finally:
+        ray.shutdown()
+    if "evaluate" in phases:
+        log.info("report: %s", write_tag_report(cfg, run.out, results, timings))
+    return timings
+
+
+def write_tag_report(cfg: DictConfig, out: Path, results: dict, timings: dict) -> Path:
+    """`report.md` of a tag-policy run: the validation and test tables, the paired differences of the policy
+    against each baseline, the learning curves."""
+    lines = [f"# deeprec tag-policy run: {cfg.dataset.name}, policy=tag-ppo", ""]
+    for split, folder in (("Validation", "evaluation-valid"), ("Test", "evaluation")):
+        lines += [f"## {split} split (same users for every agent)", "", (out / folder / "results.md").read_text()]
+        comparisons = json.loads((out / folder / "comparisons.json").read_text())
+        rows = [
+            {"pair": pair, "metric": metric, **{k: diffs[metric][k] for k in ("mean", "low", "high", "excludes_zero")}}
+            for pair, diffs in comparisons.items()
+            if pair.startswith("tag-ppo")
+            for metric in ("ndcg@10", "reward")
+            if metric in diffs
+        ]
+        if rows:
+            lines += ["Paired differences (95% bootstrap)", "", markdown_table(rows, list(rows[0])), ""]
+    lines += ["## Phase wall times (s)", "", markdown_table([timings], list(timings)), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in tag_learning_curves(out)]
+    lines += ["", f"TensorBoard: `tensorboard --logdir {out / 'tensorboard'}`"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tag_learning_curves(out: Path) -> list[Path]:
+    """PNG per PPO phase: greedy validation reward and NDCG@10 by iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for phase in ("stage1", "stage2"):
+        path = out / phase / "validation.json"
+        if not path.exists():
+            continue
+        history = json.loads(path.read_text())["history"]
+        steps = [h["iteration"] for h in history]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(steps, [h["valid/reward"] for h in history], "k-o", label="valid/reward (rec)")
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel("reward")
+        ndcg = ax.twinx()
+        ndcg.plot(steps, [h["valid/ndcg@10"] for h in history], "b--s", label="valid/ndcg@10")
+        ndcg.set_ylabel("NDCG@10")
+        fig.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"tag-ppo {phase}: greedy validation")
+        fig.tight_layout()
+        written.append(out / f"curve_tag_{phase}.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")

@@ -118,6 +118,30 @@ def _policy_env() -> dict[str, Any]:
 
 
 @dataclass
+class TagPPOConfig:
+    """RLlib PPO for tag-action policies (`policy=tag-ppo`, `agents.training.ppo`): its env runners, learner and
+    network. Each of `stage1` / `stage2` in `trainer.phases` is one PPO phase scored with that stage's reward."""
+
+    iterations: int = 40  # PPO iterations per phase (each samples `train_batch` env steps, then updates)
+    train_batch: int = 4000  # env steps per iteration, over all env runners
+    minibatch: int = 256
+    epochs: int = 6  # passes over each iteration's batch
+    lr: float = 3e-4
+    entropy_coeff: float = 0.01
+    clip_param: float = 0.2
+    gamma: float = 1.0  # episodes are a few steps long; the reward comes at the end
+    gae_lambda: float = 0.95
+    hidden: int = 128  # two tanh layers of this width for the policy and for the value function
+    num_env_runners: int = 1  # Ray actors that step envs (0: sample in the driver)
+    envs_per_runner: int = 8
+    cpus_per_runner: float = 1.0
+    max_tags: int = 48  # tag vocabulary: the most common item aspects (`agents.tag_actions.TagVocabulary`)
+    min_items: int = 10  # a tag must describe at least this many items
+    eval_every: int = 10  # iterations between greedy validation rollouts (`trainer.validation.users`); 0: at the end
+    checkpoint_every: int = 10  # iterations between checkpoints (a rerun resumes from the last one)
+
+
+@dataclass
 class ValidationConfig:
     users: int = 64  # fixed, seeded validation users for the learning curves
 
@@ -143,3 +167,4 @@ class TrainerConfig:
     stage2: GRPOStageConfig = field(default_factory=GRPOStageConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    ppo: TagPPOConfig = field(default_factory=TagPPOConfig)
