@@ -343,14 +343,12 @@ def train_tag_policy(run: Run) -> dict:
                 continue
             else:
                 stage: GRPOStageConfig = getattr(run.trainer, phase)
-                history: list[dict] = []
 
-                def validate(make_agent, iteration: int, history=history, phase_dir=phase_dir) -> dict[str, float]:
-                    episodes = validation_episodes(run.rec, run.env, make_agent, run.valid_users, run.trainer.n_envs)
-                    scalars = validation_scalars(episodes)
-                    history.append({"iteration": iteration, **scalars})
-                    write_json(phase_dir / "validation.json", {"history": history})
-                    return scalars
+                def validate(make_agent) -> dict[str, float]:
+                    users = run.valid_users
+                    return validation_scalars(
+                        validation_episodes(run.rec, run.env, make_agent, users, run.trainer.n_envs)
+                    )
 
                 current = models[f"tag-ppo-{phase}"] = train_tag_ppo(
                     node,
@@ -400,7 +398,7 @@ def write_tag_report(cfg: DictConfig, out: Path, results: dict, timings: dict) -
 
 
 def tag_learning_curves(out: Path) -> list[Path]:
-    """PNG per PPO phase: greedy validation reward and NDCG@10 by iteration."""
+    """PNG per PPO phase: the training episodes' return and the greedy validation reward and NDCG@10 by iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -408,20 +406,21 @@ def tag_learning_curves(out: Path) -> list[Path]:
 
     written = []
     for phase in ("stage1", "stage2"):
-        path = out / phase / "validation.json"
+        path = out / phase / "history.json"
         if not path.exists():
             continue
         history = json.loads(path.read_text())["history"]
-        steps = [h["iteration"] for h in history]
+        checks = [h for h in history if "valid/reward" in h]
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(steps, [h["valid/reward"] for h in history], "k-o", label="valid/reward (rec)")
+        ax.plot([h["iteration"] for h in history], [h["train/episode_return"] for h in history], label="train return")
+        ax.plot([h["iteration"] for h in checks], [h["valid/reward"] for h in checks], "k-o", label="valid/reward")
         ax.set_xlabel("PPO iteration")
         ax.set_ylabel("reward")
         ndcg = ax.twinx()
-        ndcg.plot(steps, [h["valid/ndcg@10"] for h in history], "b--s", label="valid/ndcg@10")
+        ndcg.plot([h["iteration"] for h in checks], [h["valid/ndcg@10"] for h in checks], "b--s", label="valid/ndcg@10")
         ndcg.set_ylabel("NDCG@10")
         fig.legend(fontsize=7, loc="lower right")
-        ax.set_title(f"tag-ppo {phase}: greedy validation")
+        ax.set_title(f"tag-ppo {phase}")
         fig.tight_layout()
         written.append(out / f"curve_tag_{phase}.png")
         fig.savefig(written[-1], dpi=110)

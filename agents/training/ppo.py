@@ -7,11 +7,11 @@ from the run's config and the artifact cache; the learner runs in the driver. `M
 MLPs (policy and value) over the observation features, with masked actions' logits pushed to `MASKED_LOGIT`.
 
 Per phase (`stage1` / `stage2`, scored with that stage's reward) in `trainer.output_dir/<phase>/`: RLlib checkpoints
-(`checkpoint/`, a rerun resumes from the last one), TensorBoard scalars (`tensorboard/<phase>`: episode return, every
-reward term's unweighted value, NDCG@10, format pass rate, tool calls, learner losses, env-runner throughput, and
-greedy validation rollouts every `eval_every` iterations) and the final policy (`final/`: the RLModule, the run's
-`deeprec.json` and `tag_policy.json`). `load_tag_agent` turns a `final/` directory into a text agent, which is how
-evaluation, the warm start and every other consumer use it.
+(`checkpoint/`, a rerun resumes from the last one), every iteration's scalars (`history.json`) and TensorBoard
+(`tensorboard/<phase>`: episode return, every reward term's unweighted value, NDCG@10, format pass rate, tool calls,
+learner losses, env-runner throughput, and greedy validation rollouts every `eval_every` iterations), and the final
+policy (`final/`: the RLModule, the run's `deeprec.json` and `tag_policy.json`). `load_tag_agent` turns a `final/`
+directory into a text agent, which is how evaluation, the warm start and every other consumer use it.
 """
 
 from __future__ import annotations
@@ -197,12 +197,12 @@ def train_tag_ppo(
     phase_dir: Path,
     seed: int,
     log_dir: Path,
-    validation: Callable[[Callable, int], dict[str, float]],
+    validation: Callable[[Callable], dict[str, float]],
     start: Path | None = None,
 ) -> Path:
     """One PPO phase; returns its `final/` directory. `node`: the run's config as a plain dict (env runners build
     their stacks from it); `stack`: the driver's stack (its dataset and env config); `env`: EnvConfig overrides;
-    `validation(make_agent, iteration)`: greedy validation scalars; `start`: a previous phase's `final/` to start
+    `validation(make_agent)`: greedy validation scalars; `start`: a previous phase's `final/` to start
     from."""
     from ray.rllib.core.rl_module.rl_module import RLModule
     from torch.utils.tensorboard import SummaryWriter
@@ -222,6 +222,7 @@ def train_tag_ppo(
         "requests": env_settings.requests,
         "max_tool_calls": env_settings.max_tool_calls,
     }
+    phase_dir = phase_dir.resolve()  # RLlib checkpoints need absolute paths
     checkpoint = phase_dir / "checkpoint"
     phase_dir.mkdir(parents=True, exist_ok=True)
     algo = ppo_config(config, env_config, seed).build_algo()
@@ -235,16 +236,21 @@ def train_tag_ppo(
         elif start is not None:
             algo.get_module().set_state(RLModule.from_checkpoint(start / "module").get_state())
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
+        history_path = phase_dir / "history.json"
+        history = json.loads(history_path.read_text())["history"] if history_path.exists() else []
+        history = [row for row in history if row["iteration"] <= done]  # rows past the checkpoint are redone
         for iteration in range(done + 1, config.iterations + 1):
             started = time.perf_counter()
             result = algo.train()
             scalars = training_scalars(result) | {"time/iteration_s": time.perf_counter() - started}
             if config.eval_every and iteration % config.eval_every == 0 or iteration == config.iterations:
                 agent = tag_agent_factory(stack.dataset, greedy_choice(algo.get_module()), settings)
-                scalars |= validation(agent, iteration)
+                scalars |= validation(agent)
             for name, value in scalars.items():
                 writer.add_scalar(name, value, iteration)
             writer.flush()
+            history.append({"iteration": iteration, **scalars})
+            history_path.write_text(json.dumps({"history": history}, indent=1))
             log.info(
                 "%s iteration %d/%d: return %.3f, ndcg@10 %.4f, %.0f env steps/s",
                 phase_dir.name,
