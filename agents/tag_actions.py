@@ -7,7 +7,7 @@ the text agents'.
 
 * `TagVocabulary`: the catalogue's most common item aspects (`trm.queries.item_aspects`: genres or categories, eras,
   decades; on catalogues without categories, platforms, product kinds and title keywords).
-* Actions (`TagVocabulary` fixes their order): the empty query, one query per tag (the tag itself is the
+* Actions (`action_names` gives their order): the empty query, one query per tag (the tag itself is the
   preference), with `env.requests` one query holding the user's request verbatim, then one answer per rule of
   `ANSWER_RULES` over the episode's tool results.
 * `TagActionAgent`: a `TextAgent` that reads its features from what any agent sees (the prompt's history cards,
@@ -40,9 +40,10 @@ from deeprec_env.data.dataset import RecDataset
 from deeprec_env.env import DeepRecEnv
 from deeprec_env.trm.queries import aspect_table
 
-ANSWER_RULES = ("first", "last", "fused")  # which tool results the answer lists (see `TagActionAgent.ranked`)
+ANSWER_RULES = ("history", "anchored", "fused", "last")  # how an answer ranks tool results (`TagActionAgent.ranked`)
 RECENT_ITEMS = 3  # history items whose tags count as "recent"
-FUSION_K = 10.0  # reciprocal-rank fusion constant of the "fused" rule
+FUSION_K = 10.0  # reciprocal-rank fusion constant of the "fused" and "anchored" rules
+ANCHOR_WEIGHT = 6.0  # "anchored": an anchor call's list (empty query, request) counts this many times as a tag call's
 HISTORY_SCALE = 100.0  # history length feature: shown items / this
 
 
@@ -147,6 +148,7 @@ class TagActionAgent(TextAgent):
         self.n_queries = len(self.actions) - len(ANSWER_RULES)
         self.request_action = len(vocabulary) + 1 if requests else None
         self.asked: set[int] = set()
+        self.request = ""
 
     @property
     def n_features(self) -> int:
@@ -213,21 +215,30 @@ class TagActionAgent(TextAgent):
         return self.codec.render_tool_call(preference)
 
     def ranked(self, rule: str, calls: Sequence[dict]) -> list[int]:
-        """The answer's items outside the shown history: "first" / "last": that call's list in its order; "fused":
-        reciprocal-rank fusion over every call, equal weights. Fewer than rec_k are filled with the other calls' items
-        in call and rank order."""
+        """The answer's items outside the shown history: "history": the list of the call with the empty query (what
+        the TRM predicts from the history alone; the first call's without one), in its order; "anchored":
+        reciprocal-rank fusion over every call with the lists of the anchors, the empty query and the user's request,
+        weighted `ANCHOR_WEIGHT` times (what the sequence and the user's own words say leads; items the tag calls
+        agree on move up within it); "fused": the same fusion with equal weights; "last": the last call's list.
+        Fewer than rec_k are filled with the other calls' items in call and rank order."""
         history = set(self.history)
         lists = [[i for i in call["item_ids"] if i not in history] for call in calls]
         if not lists:
             return []
-        if rule == "fused":
+        empty = [not call["preference"].strip() for call in calls]
+        request = self.request.strip()
+        anchors = [e or bool(request) and c["preference"].strip() == request for e, c in zip(empty, calls, strict=True)]
+        if rule in ("fused", "anchored"):
             scores: dict[int, float] = {}
-            for items in lists:
+            for items, anchor in zip(lists, anchors, strict=True):
+                weight = ANCHOR_WEIGHT if anchor and rule == "anchored" else 1.0
                 for rank, item in enumerate(items):
-                    scores[item] = scores.get(item, 0.0) + 1.0 / (FUSION_K + rank)
+                    scores[item] = scores.get(item, 0.0) + weight / (FUSION_K + rank)
             chosen = sorted(scores, key=lambda i: (-scores[i], i))
+        elif rule == "history":
+            chosen = list(next((items for items, anchor in zip(lists, empty, strict=True) if anchor), lists[0]))
         else:
-            chosen = list(lists[0] if rule == "first" else lists[-1])
+            chosen = list(lists[-1])
         rest = (i for items in lists for i in items)
         return list(dict.fromkeys([*chosen, *rest]))
 

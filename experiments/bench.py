@@ -13,6 +13,8 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
 - `grpo_step`: a GRPO step's time by section (generation, tool, env, scoring, other rollout work, update) and its
   generated tokens per second against the same policy's raw generation speed (not in the default task list: run it
   with `bench.tasks=[grpo_step] bench.datasets=[ml-100k] bench.policy=runs/<run>/warm_start/final`).
+- `tag_ppo`: RLlib PPO on tag actions with 1 and 2 Ray env runners: env steps and episodes per second, learner time
+  per iteration, iteration wall time (run it with `policy=tag-ppo bench.tasks=[tag_ppo] bench.datasets=[ml-100k]`).
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
@@ -415,12 +417,59 @@ def bench_grpo_step(cfg: DictConfig) -> dict:
     }
 
 
+def bench_tag_ppo(cfg: DictConfig) -> dict:
+    """PPO on tag actions with 1 and 2 Ray env runners: env steps and episodes per second of sampling, the learner's
+    time per iteration and the whole iteration's wall time (`bench.ppo_iterations` timed after one warm-up)."""
+    import ray
+    from omegaconf import OmegaConf
+
+    from agents.training.config import TagPPOConfig
+    from agents.training.ppo import ppo_config, tag_env_config
+    from deeprec_env.config import typed
+
+    node = OmegaConf.to_container(cfg, resolve=True)
+    base = typed(TagPPOConfig, cfg.trainer.ppo)
+    stack = build_stack(cfg)
+    cuts = stack.env_config(**cfg.trainer.env).train_cuts
+    result = {"dataset": stack.dataset.name, "train_batch": base.train_batch, "runs": []}
+    for runners in (1, 2):
+        config = replace(base, num_env_runners=runners)
+        ray.init(num_cpus=max(2, runners), include_dashboard=False, log_to_driver=False)
+        try:
+            env_config = tag_env_config(node, dict(cfg.trainer.env), cuts, None, config)
+            algo = ppo_config(config, env_config, cfg.seed).build_algo()
+            algo.train()  # warm-up: the runners' first episodes and the learner's first update
+            walls, steps, episodes, sampling, learning = [], 0, 0, 0.0, 0.0
+            for _ in range(cfg.bench.ppo_iterations):
+                started = time.perf_counter()
+                out = algo.train()
+                walls.append(time.perf_counter() - started)
+                steps += out["env_runners"]["num_env_steps_sampled"]
+                episodes += out["env_runners"]["num_episodes"]
+                sampling += out["timers"]["env_runner_sampling_timer"]
+                learning += out["timers"]["learner_update_timer"]
+            algo.stop()
+        finally:
+            ray.shutdown()
+        result["runs"].append(
+            {
+                "env_runners": runners,
+                "env_steps_per_s": round(steps / sampling, 1),
+                "episodes_per_s": round(episodes / sampling, 1),
+                "learner_s_per_iteration": round(learning / len(walls), 2),
+                "iteration_wall_s": round(float(np.mean(walls)), 2),
+            }
+        )
+    return result
+
+
 TASKS = {
     "contention": bench_contention,
     "grpo_step": bench_grpo_step,
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "title_matching": bench_title_matching,
+    "tag_ppo": bench_tag_ppo,
     "sasrec_train": lambda cfg: bench_train(cfg, "sasrec"),
     "trm_train": lambda cfg: bench_train(cfg, "trm"),
 }

@@ -44,6 +44,7 @@ class BenchConfig:
     grpo_steps: int = 2  # GRPO steps timed by grpo_step
     policy: str | None = None  # grpo_step: the policy directory to start from (None: the untrained tiny policy)
     raw_tokens: int = 128  # grpo_step: tokens per sequence of the raw generation measurement
+    ppo_iterations: int = 3  # tag_ppo: PPO iterations timed per runner count (after one warm-up)
     child: str | None = None  # internal: the task a measurement subprocess runs
 
 

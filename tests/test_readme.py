@@ -20,7 +20,7 @@ from deeprec_env.config import compose
 from deeprec_env.data.source import load_dataset
 from deeprec_env.stack import stack_config
 from experiments.bench import TASKS
-from experiments.evaluate import ID_AGENTS
+from experiments.evaluate import ID_AGENTS, POLICY_AGENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -45,7 +45,7 @@ def test_experiment_commands_compose(line):
     cfg = compose("config", overrides)
     agents = cfg.agent if isinstance(cfg.agent, str) else list(cfg.agent)
     for agent in [agents] if isinstance(agents, str) else agents:
-        assert agent in ID_AGENTS or agent == "llm" or text_agent_class(agent)
+        assert agent in ID_AGENTS or agent in POLICY_AGENTS or text_agent_class(agent)
     assert set(cfg.bench.tasks) <= set(TASKS)
 
 

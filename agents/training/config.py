@@ -17,7 +17,7 @@ PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 class WarmStartConfig:
     """Warm start: the teacher's episodes on train users, then supervised fine-tuning (TRL's SFTTrainer)."""
 
-    teacher: str = "scripted-copy"  # a text agent (agents.baselines.TEXT_AGENTS)
+    teacher: str = "scripted-copy"  # a text agent (agents.baselines.TEXT_AGENTS) or a trained tag policy's directory
     episodes: int = 1000  # train (user, cut point) episodes (seeded sample) the teacher plays: the SFT set
     eval_every: int = 200  # optimizer steps between validation rollouts; 0: only at the end
     num_train_epochs: float = 6.0

@@ -102,6 +102,20 @@ def episode_callbacks_class():
     return EpisodeTerms
 
 
+def tag_env_config(
+    node: dict[str, Any], env: dict[str, Any], holdout: int, reward: str | None, config: TagPPOConfig
+) -> dict[str, Any]:
+    """What `make_tag_env` needs to build a runner's env on train episodes (see its docstring)."""
+    return {
+        "node": node,
+        "holdout": holdout,
+        "reward": reward,
+        "env": env | {"split": "train"},
+        "max_tags": config.max_tags,
+        "min_items": config.min_items,
+    }
+
+
 def ppo_config(config: TagPPOConfig, env_config: dict[str, Any], seed: int):
     """The RLlib `PPOConfig` of a phase."""
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -207,14 +221,7 @@ def train_tag_ppo(
     from ray.rllib.core.rl_module.rl_module import RLModule
     from torch.utils.tensorboard import SummaryWriter
 
-    env_config = {
-        "node": node,
-        "holdout": holdout,
-        "reward": reward,
-        "env": env | {"split": "train"},
-        "max_tags": config.max_tags,
-        "min_items": config.min_items,
-    }
+    env_config = tag_env_config(node, env, holdout, reward, config)
     env_settings = stack.env_config(**env)
     settings = {
         "max_tags": config.max_tags,

@@ -15,6 +15,7 @@ from agents.baselines import text_agent_class
 from agents.rollout import rollout
 from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from agents.training.config import WarmStartConfig
+from agents.training.ppo import is_tag_policy, load_tag_agent
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import TOOL_SCHEMA, get_codec, structured_call
 from deeprec_env.stack import Stack
@@ -48,14 +49,23 @@ def teacher_episodes(
     cuts: Sequence[int] | None = None,
 ) -> list[Episode]:
     """The teacher's finished episodes, one per user (at its train cut point in `cuts`, if given), on the env's
-    split (the env must use the chat codec)."""
+    split (the env must use the chat codec). `teacher`: a text agent's name (`agents.baselines.text_agent_class`) or
+    the directory of a trained tag policy (a `final/` of `policy=tag-ppo`), which then plays this env."""
     envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env_overrides)
     if envs.config.protocol != "chat":
         raise ValueError("warm start needs the chat codec: set trainer.env.protocol=chat")
-    cls = text_agent_class(teacher)
+    codec, rec_k = envs.config.protocol, envs.config.rec_k
+    if is_tag_policy(teacher):
+        make_tag_agent = load_tag_agent(teacher, stack.dataset)
 
-    def make_agent():
-        return cls(stack.dataset, protocol=envs.config.protocol, rec_k=envs.config.rec_k, seed=seed)
+        def make_agent():
+            return make_tag_agent(stack.dataset, codec, rec_k)
+
+    else:
+        cls = text_agent_class(teacher)
+
+        def make_agent():
+            return cls(stack.dataset, protocol=codec, rec_k=rec_k, seed=seed)
 
     return rollout(envs, make_agent, list(users), envs.config.split, cuts=cuts)
 
