@@ -1,4 +1,6 @@
-"""Gymnasium wrappers for `DeepRecEnv`: every behaviour beyond the paper's episode lives here.
+"""Gymnasium wrappers for `DeepRecEnv`: every behaviour beyond the paper's episode lives here, except the tag-action
+interface for standard RL libraries (`agents.tag_actions.TagActionEnv`), which renders actions through a text agent
+and so lives beside the agents.
 
 * `ScoreTruncated`: an episode that a wrapper inside this one truncated (Gymnasium's `TimeLimit`) is ended and scored
   as the env's own limits end and score it, so a time limit never leaves an episode unscored. `gymnasium.make`

@@ -424,7 +424,7 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
     from omegaconf import OmegaConf
 
     from agents.training.config import TagPPOConfig
-    from agents.training.ppo import ppo_config, tag_env_config
+    from agents.training.ppo import ppo_config, start_ray, tag_env_config
     from deeprec_env.config import typed
 
     node = OmegaConf.to_container(cfg, resolve=True)
@@ -434,7 +434,7 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
     result = {"dataset": stack.dataset.name, "train_batch": base.train_batch, "runs": []}
     for runners in (1, 2):
         config = replace(base, num_env_runners=runners)
-        ray.init(num_cpus=max(2, runners), include_dashboard=False, log_to_driver=False)
+        start_ray(None, max(2, runners))
         try:
             env_config = tag_env_config(node, dict(cfg.trainer.env), cuts, None, config)
             algo = ppo_config(config, env_config, cfg.seed).build_algo()

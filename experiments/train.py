@@ -320,7 +320,7 @@ def train_tag_policy(run: Run) -> dict:
     (`trainer.evaluation.valid_users`) and on the test users, and `report.md`."""
     import ray
 
-    from agents.training.ppo import train_tag_ppo, validation_episodes
+    from agents.training.ppo import start_ray, train_tag_ppo, validation_episodes
 
     cfg = run.cfg
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -331,7 +331,7 @@ def train_tag_policy(run: Run) -> dict:
     if "warm_start" in phases:
         raise SystemExit("policy=tag-ppo trains from scratch: drop warm_start from trainer.phases")
     current, models = None, {}
-    ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
     try:
         for phase in phases:
             started = time.perf_counter()

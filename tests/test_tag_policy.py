@@ -214,7 +214,7 @@ def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path)
             *PPO,
             "agent=tag-ppo",
             "eval.max_users=10",
-            f"policy.path={run / 'stage2' / 'first-final'}",
+            f"policy.path={os.path.relpath(run / 'stage2' / 'first-final', ROOT)}",  # a relative path works too
             f"artifacts={tmp_path / 'artifacts'}",
             f"hydra.run.dir={tmp_path / 'evaluate'}",
         ],
@@ -227,3 +227,30 @@ def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path)
     (again,) = json.loads((tmp_path / "evaluate" / "results.json").read_text())
     assert again["metrics"]["ndcg@10"] == records["tag-ppo"]["metrics"]["ndcg@10"]
     assert again["episode"]["reward"] == records["tag-ppo"]["episode"]["reward"]
+
+
+def test_a_saved_tag_policy_is_an_evaluation_agent_and_a_warm_start_teacher(tmp_path, stack, dataset):
+    """An untrained module saved the way training saves one: loaded as a text agent it plays the LLM policy's chat env
+    as a teacher, every episode well-formed, and acts the same on a rerun."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from agents.training.ppo import is_tag_policy, masked_module_class, save_tag_policy
+    from agents.training.warm_start import teacher_episodes
+
+    env = TagActionEnv(stack.make_env(max_tool_calls=3))
+    spec = RLModuleSpec(
+        module_class=masked_module_class(),
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"hidden": 8},
+    )
+    settings = {"max_tags": 48, "min_items": 10, "requests": False, "max_tool_calls": 3}
+    final = save_tag_policy(spec.build(), dataset, settings, tmp_path / "final")
+    assert is_tag_policy(final) and not is_tag_policy(tmp_path)
+    chat = {"protocol": "chat", "item_refs": "handles", "max_tool_calls": 3, "split": "train"}
+    users = [int(u) for u in dataset.eval_users("train")[:6]]
+    episodes = teacher_episodes(stack, chat, users, str(final), 3, 0)
+    assert [e.user for e in episodes] == users
+    assert all(e.format_ok and 1 <= len(e.tool_calls) <= 3 and len(e.answer_ids) == 10 for e in episodes)
+    again = teacher_episodes(stack, chat, users, str(final), 2, 0)
+    assert [e.transcript for e in again] == [e.transcript for e in episodes]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 MASKED_LOGIT = -1e9  # the logit of a masked action: probability 0 without infinities in the loss
 POLICY_FILE = "tag_policy.json"  # beside a final tag policy: its vocabulary settings and action names
 ENV_NAME = "deeprec-tag-actions"
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the Ray cluster at `address`, or start Ray on this machine (`num_cpus` logical CPUs, None: all) with its
+    workers at normal priority: Ray nices its workers by default, which starves the env runners of CPU whenever any
+    other process runs beside them."""
+    import ray
+
+    if address is None:
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def make_tag_env(env_config: dict[str, Any]) -> TagActionEnv:
@@ -186,7 +198,7 @@ def load_tag_agent(path: str | Path, dataset: RecDataset) -> Callable[[RecDatase
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     settings = json.loads((Path(path) / POLICY_FILE).read_text())
-    module = RLModule.from_checkpoint(Path(path) / "module")
+    module = RLModule.from_checkpoint(Path(path).resolve() / "module")  # RLlib reads absolute paths only
     module.eval()
     return tag_agent_factory(dataset, greedy_choice(module), settings)
 
@@ -241,7 +253,7 @@ def train_tag_ppo(
             done = json.loads((checkpoint / "progress.json").read_text())["iterations"]
             log.info("resuming %s at iteration %d", phase_dir.name, done)
         elif start is not None:
-            algo.get_module().set_state(RLModule.from_checkpoint(start / "module").get_state())
+            algo.get_module().set_state(RLModule.from_checkpoint(start.resolve() / "module").get_state())
             algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
         history_path = phase_dir / "history.json"
         history = json.loads(history_path.read_text())["history"] if history_path.exists() else []
@@ -270,20 +282,22 @@ def train_tag_ppo(
             if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
                 algo.save_to_path(str(checkpoint))
                 (checkpoint / "progress.json").write_text(json.dumps({"iterations": iteration}))
-        final = phase_dir / "final"
-        algo.get_module().save_to_path(str(final / "module"))
-        (final / POLICY_FILE).write_text(json.dumps(settings | {"actions": _action_names(stack, settings)}, indent=1))
-        return final
+        return save_tag_policy(algo.get_module(), stack.dataset, settings, phase_dir / "final")
     finally:
         writer.close()
         algo.stop()
 
 
-def _action_names(stack, settings: dict[str, Any]) -> list[str]:
+def save_tag_policy(module, dataset: RecDataset, settings: dict[str, Any], final: Path) -> Path:
+    """Write a tag policy to `final`: the RLModule (`module/`) and `tag_policy.json` (its vocabulary settings, the
+    env limits it acts under and its action names), what `load_tag_agent` reads."""
     from agents.tag_actions import action_names
 
-    vocabulary = TagVocabulary.build(stack.dataset, settings["max_tags"], settings["min_items"])
-    return action_names(vocabulary, settings["requests"])
+    module.save_to_path(str(Path(final).resolve() / "module"))
+    vocabulary = TagVocabulary.build(dataset, settings["max_tags"], settings["min_items"])
+    names = action_names(vocabulary, settings["requests"])
+    (Path(final) / POLICY_FILE).write_text(json.dumps(settings | {"actions": names}, indent=1))
+    return Path(final)
 
 
 def training_scalars(result: dict[str, Any]) -> dict[str, float]:
