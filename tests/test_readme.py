@@ -49,6 +49,17 @@ def test_experiment_commands_compose(line):
     assert set(cfg.bench.tasks) <= set(TASKS)
 
 
+def test_tag_policy_status_rows_match_their_results():
+    table = README[README.index("Tag-query policies") : README.index("## Install")]
+    for setting, folder in (("paper setting", "ml-100k-tag-ppo"), ("user requests", "ml-100k-tag-ppo-requests")):
+        row = re.search(rf"^\| {setting}[^|]*\| (\S+ \[\S+, \S+\]) \| (\S+) \| (\S+) (\S+) \|$", table, flags=re.M)
+        results = json.loads((ROOT / "results" / folder / "evaluation" / "results.json").read_text())
+        ndcg = {r["agent"]: r["metrics"]["ndcg@10"] for r in results}
+        policy, trm, other, other_ndcg = row.groups()
+        assert policy == f"{ndcg['tag-ppo']['mean']:.4f} [{ndcg['tag-ppo']['low']:.4f}, {ndcg['tag-ppo']['high']:.4f}]"
+        assert (trm, other_ndcg) == (f"{ndcg['trm']['mean']:.4f}", f"{ndcg[other]['mean']:.4f}")
+
+
 def test_make_targets_and_pip_extras_exist():
     makefile = (ROOT / "Makefile").read_text()
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])

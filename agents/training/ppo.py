@@ -31,6 +31,7 @@ from torch import nn
 from agents.tag_actions import TagActionAgent, TagActionEnv, TagVocabulary
 from agents.training.config import TagPPOConfig
 from deeprec_env.data.dataset import RecDataset
+from deeprec_env.metrics import list_ranks, ranking_metrics
 
 log = logging.getLogger(__name__)
 MASKED_LOGIT = -1e9  # the logit of a masked action: probability 0 without infinities in the loss
@@ -105,9 +106,8 @@ def episode_callbacks_class():
                 return
             for name, value in record.reward_unweighted.items():
                 metrics_logger.log_value(f"reward/{name}", value)
-            ranked = list(record.ranked_ids[:10])
-            ndcg = 1.0 / np.log2(ranked.index(record.target) + 2) if record.target in ranked else 0.0
-            metrics_logger.log_value("episode/ndcg@10", ndcg)
+            ndcg = ranking_metrics(list_ranks([record.ranked_ids], [record.target]))["ndcg@10"][0]
+            metrics_logger.log_value("episode/ndcg@10", float(ndcg))
             metrics_logger.log_value("episode/format_ok", float(record.format_ok))
             metrics_logger.log_value("episode/tool_calls", float(len(record.tool_calls)))
 
@@ -230,7 +230,7 @@ def train_tag_ppo(
     their stacks from it); `stack`: the driver's stack (its dataset and env config); `env`: EnvConfig overrides;
     `validation(make_agent)`: greedy validation scalars; `start`: a previous phase's `final/` to start
     from."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.core import DEFAULT_MODULE_ID
     from torch.utils.tensorboard import SummaryWriter
 
     env_config = tag_env_config(node, env, holdout, reward, config)
@@ -252,9 +252,11 @@ def train_tag_ppo(
             algo.restore_from_path(str(checkpoint))
             done = json.loads((checkpoint / "progress.json").read_text())["iterations"]
             log.info("resuming %s at iteration %d", phase_dir.name, done)
-        elif start is not None:
-            algo.get_module().set_state(RLModule.from_checkpoint(start.resolve() / "module").get_state())
-            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group)
+        elif start is not None:  # the learner's module starts from the previous phase's policy; runners follow
+            algo.learner_group.load_module_state(
+                rl_module_ckpt_dirs={DEFAULT_MODULE_ID: str(start.resolve() / "module")}
+            )
+            algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
         history_path = phase_dir / "history.json"
         history = json.loads(history_path.read_text())["history"] if history_path.exists() else []
         history = [row for row in history if row["iteration"] <= done]  # rows past the checkpoint are redone
