@@ -254,36 +254,3 @@ def test_a_saved_tag_policy_is_an_evaluation_agent_and_a_warm_start_teacher(tmp_
     assert all(e.format_ok and 1 <= len(e.tool_calls) <= 3 and len(e.answer_ids) == 10 for e in episodes)
     again = teacher_episodes(stack, chat, users, str(final), 2, 0)
     assert [e.transcript for e in again] == [e.transcript for e in episodes]
-
-
-def test_the_module_adds_each_tags_own_features_to_its_query_logit(stack):
-    import torch
-    from ray.rllib.core.columns import Columns
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
-    from agents.training.ppo import masked_module_class
-
-    env = TagActionEnv(stack.make_env(requests=True))
-    tags = len(env.vocabulary)
-    spec = RLModuleSpec(
-        module_class=masked_module_class(),
-        observation_space=env.observation_space,
-        action_space=env.action_space,
-        model_config={"hidden": 8, "tags": tags},
-    )
-    module = spec.build()
-    obs, _ = env.reset(seed=0)
-    batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs.items()}}
-
-    def logits():
-        with torch.no_grad():
-            return module.forward_inference({Columns.OBS: dict(batch[Columns.OBS])})[Columns.ACTION_DIST_INPUTS][0]
-
-    before = logits()
-    with torch.no_grad():
-        module.tag_gain.copy_(torch.tensor([2.0, 0.0, -1.0]))
-    change = (logits() - before).numpy()
-    features = obs["observations"]
-    expected = 2.0 * features[:tags] - features[2 * tags : 3 * tags]
-    np.testing.assert_allclose(change[1 : tags + 1], expected, atol=1e-5)
-    assert not change[0] and not change[tags + 1 :].any()  # the empty query, the request query, masked answers
