@@ -423,7 +423,6 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
     import ray
     from omegaconf import OmegaConf
 
-    from agents.tag_actions import TagVocabulary
     from agents.training.config import TagPPOConfig
     from agents.training.ppo import ppo_config, start_ray, tag_env_config
     from deeprec_env.config import typed
@@ -438,8 +437,7 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
         start_ray(None, max(2, runners))
         try:
             env_config = tag_env_config(node, dict(cfg.trainer.env), cuts, None, config)
-            tags = len(TagVocabulary.build(stack.dataset, config.max_tags, config.min_items))
-            algo = ppo_config(config, env_config, tags, cfg.seed).build_algo()
+            algo = ppo_config(config, env_config, cfg.seed).build_algo()
             algo.train()  # warm-up: the runners' first episodes and the learner's first update
             walls, steps, episodes, sampling, learning = [], 0, 0, 0.0, 0.0
             for _ in range(cfg.bench.ppo_iterations):

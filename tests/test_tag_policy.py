@@ -242,7 +242,7 @@ def test_a_saved_tag_policy_is_an_evaluation_agent_and_a_warm_start_teacher(tmp_
         module_class=masked_module_class(),
         observation_space=env.observation_space,
         action_space=env.action_space,
-        model_config={"hidden": 8, "tags": len(env.vocabulary)},
+        model_config={"hidden": 8},
     )
     settings = {"max_tags": 48, "min_items": 10, "requests": False, "max_tool_calls": 3}
     final = save_tag_policy(spec.build(), dataset, settings, tmp_path / "final")

@@ -71,30 +71,17 @@ def masked_module_class():
     from ray.rllib.core.rl_module.torch import TorchRLModule
 
     class MaskedTagModule(TorchRLModule, ValueFunctionAPI):
-        """Policy and value MLPs over `observations`; actions with `action_mask` 0 get `MASKED_LOGIT`.
-
-        With `model_config["tags"]` = V (the vocabulary size), each tag query's logit also gets a learned mix of that
-        tag's own features (its share of the history, of the recent items, its mention in the request: the first
-        3V observations, `TagActionAgent.observe`), so "ask about what this user watches" is one weight per feature
-        for every tag at once instead of a V x V mapping the MLP has to find."""
+        """Policy and value MLPs over `observations`; actions with `action_mask` 0 get `MASKED_LOGIT`."""
 
         def setup(self):
             features = self.observation_space["observations"].shape[0]
             hidden = int(self.model_config.get("hidden", 128))
-            self.tags = int(self.model_config.get("tags", 0))
             self.pi = _mlp(features, hidden, self.action_space.n)
             self.vf = _mlp(features, hidden, 1)
-            self.tag_gain = nn.Parameter(torch.zeros(3))
 
         def _forward(self, batch, **kwargs):
             obs = batch[Columns.OBS]
-            features = obs["observations"]
-            logits = self.pi(features)
-            if self.tags:
-                own = features[..., : 3 * self.tags].unflatten(-1, (3, self.tags))  # (..., 3, V)
-                aligned = (own * self.tag_gain[:, None]).sum(-2)
-                after = logits.shape[-1] - 1 - self.tags
-                logits = logits + nn.functional.pad(aligned, (1, after))  # query actions 1..V
+            logits = self.pi(obs["observations"])
             return {Columns.ACTION_DIST_INPUTS: logits.masked_fill(obs["action_mask"] < 0.5, MASKED_LOGIT)}
 
         def compute_values(self, batch, embeddings=None):
@@ -141,8 +128,8 @@ def tag_env_config(
     }
 
 
-def ppo_config(config: TagPPOConfig, env_config: dict[str, Any], tags: int, seed: int):
-    """The RLlib `PPOConfig` of a phase; `tags`: the size of the env's tag vocabulary."""
+def ppo_config(config: TagPPOConfig, env_config: dict[str, Any], seed: int):
+    """The RLlib `PPOConfig` of a phase."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
@@ -168,9 +155,7 @@ def ppo_config(config: TagPPOConfig, env_config: dict[str, Any], tags: int, seed
             lambda_=config.gae_lambda,
         )
         .rl_module(
-            rl_module_spec=RLModuleSpec(
-                module_class=masked_module_class(), model_config={"hidden": config.hidden, "tags": tags}
-            )
+            rl_module_spec=RLModuleSpec(module_class=masked_module_class(), model_config={"hidden": config.hidden})
         )
         .callbacks(episode_callbacks_class())
         .debugging(seed=seed)
@@ -259,8 +244,7 @@ def train_tag_ppo(
     phase_dir = phase_dir.resolve()  # RLlib checkpoints need absolute paths
     checkpoint = phase_dir / "checkpoint"
     phase_dir.mkdir(parents=True, exist_ok=True)
-    tags = len(TagVocabulary.build(stack.dataset, config.max_tags, config.min_items))
-    algo = ppo_config(config, env_config, tags, seed).build_algo()
+    algo = ppo_config(config, env_config, seed).build_algo()
     writer = SummaryWriter(str(log_dir))
     try:
         done = 0
