@@ -12,8 +12,9 @@ the text agents'.
   `ANSWER_RULES` over the episode's tool results.
 * `TagActionAgent`: a `TextAgent` that reads its features from what any agent sees (the prompt's history cards,
   the request, the tool results so far) and renders an action index into a protocol segment. Given a `choose`
-  function (observation -> action, e.g. a trained `agents.tag_ppo` policy) it plays episodes on its own, so a
-  trained tag policy is evaluated and used as a warm-start teacher like every other text agent.
+  function (observation -> action; `agents.training.ppo.load_tag_agent` makes one of a trained policy) it plays
+  episodes on its own, so a trained tag policy is evaluated and used as a warm-start teacher like every other text
+  agent.
 * `TagActionEnv`: the Gymnasium wrapper. Observation: `{"observations": Box, "action_mask": Box}` (the layout of
   RLlib's action-masking modules); `TagActionAgent.observe` documents the features. Action: `Discrete`. Masked:
   tags already asked, queries once `max_tool_calls` calls ran, the request query without a request, answers before
@@ -244,7 +245,7 @@ class TagActionAgent(TextAgent):
 
     def act(self, observation: str, info: dict) -> str:
         if self.choose is None:
-            raise ValueError("this TagActionAgent has no policy: give it choose= (see agents.tag_ppo.load_tag_policy)")
+            raise ValueError("this TagActionAgent has no policy: give it choose= (agents.training.ppo.load_tag_agent)")
         return self.segment(self.choose(self.observe(info)), info)
 
 

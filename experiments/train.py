@@ -320,7 +320,7 @@ def train_tag_policy(run: Run) -> dict:
     (`trainer.evaluation.valid_users`) and on the test users, and `report.md`."""
     import ray
 
-    from agents.training.ppo import start_ray, train_tag_ppo, validation_episodes
+    from agents.training.ppo import is_tag_policy, start_ray, train_tag_ppo, validation_episodes
 
     cfg = run.cfg
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -337,8 +337,13 @@ def train_tag_policy(run: Run) -> dict:
             started = time.perf_counter()
             phase_dir = run.out / phase
             if phase == "evaluate":
+                if not models:
+                    raise SystemExit(
+                        "evaluate needs a tag policy: list its PPO phase in trainer.phases (a finished one is reused)"
+                    )
                 results = run.evaluate_tag_policy(models)
-            elif done(phase_dir):
+            elif is_tag_policy(phase_dir / "final"):
+                log.info("%s already done: %s", phase, phase_dir / "final")
                 current = models[f"tag-ppo-{phase}"] = phase_dir / "final"
                 continue
             else:

@@ -205,6 +205,8 @@ def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path)
     history = json.loads((run / "stage2" / "history.json").read_text())["history"]
     assert [h["iteration"] for h in history] == list(range(1, 11))
     assert _ray_processes() <= before
+    again = subprocess.run([*command, "trainer.phases=[stage2]"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "stage2 already done" in again.stderr + again.stdout  # a finished phase is kept
 
     evaluation = subprocess.run(  # the policy of the first run from the command line, as the trainer evaluated it
         [
