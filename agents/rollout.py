@@ -8,9 +8,27 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from agents.baselines import TextAgent
+from deeprec_env.data.dataset import RecDataset
 from deeprec_env.episode import Episode
 from deeprec_env.runtime import progress
+from deeprec_env.stack import Stack
 from deeprec_env.vector import DeepRecVectorEnv, unbatch_info
+
+
+def play(
+    stack: Stack,
+    env: dict,
+    make_agent: Callable[[RecDataset, str, int], TextAgent],
+    users: Sequence[int],
+    split: str,
+    n_envs: int,
+    show_progress: bool = False,
+) -> list[Episode]:
+    """One episode per user on `split` in the stack's env with the `env` overrides (EnvConfig fields), `n_envs` at
+    a time; `make_agent(dataset, codec, rec_k)` builds each sub-env's agent."""
+    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env)
+    config = envs.config
+    return rollout(envs, lambda: make_agent(stack.dataset, config.protocol, config.rec_k), users, split, show_progress)
 
 
 def rollout(

@@ -46,6 +46,8 @@ RECENT_ITEMS = 3  # history items whose tags count as "recent"
 FUSION_K = 10.0  # reciprocal-rank fusion constant of the "fused" and "anchored" rules
 ANCHOR_WEIGHT = 6.0  # "anchored": an anchor call's list (empty query, request) counts this many times as a tag call's
 HISTORY_SCALE = 100.0  # history length feature: shown items / this
+MAX_TAGS = 48  # tag vocabulary: at most this many of the most common item aspects
+MIN_ITEMS = 10  # a tag must describe at least this many items
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class TagVocabulary:
     item_tags: np.ndarray  # (n_items + 1, len(tags)) float32; row 0 (padding) is zero
 
     @classmethod
-    def build(cls, dataset: RecDataset, max_tags: int = 48, min_items: int = 10) -> TagVocabulary:
+    def build(cls, dataset: RecDataset, max_tags: int = MAX_TAGS, min_items: int = MIN_ITEMS) -> TagVocabulary:
         """The `max_tags` aspects most items carry, among those at least `min_items` items carry."""
         ref, built = _VOCABULARIES.get(id(dataset), (None, {}))
         if ref is None or ref() is not dataset:
@@ -76,13 +78,16 @@ class TagVocabulary:
         alternatives = "|".join(re.escape(t) for t in sorted(self.tags, key=len, reverse=True))
         return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
 
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tags)}
+
     def in_text(self, text: str) -> np.ndarray:
         """0/1 per tag: whether the text states it (case-insensitive, whole words)."""
         found = np.zeros(len(self.tags), np.float32)
         if self._pattern is not None:
-            index = {t: i for i, t in enumerate(self.tags)}
             for match in self._pattern.finditer(text.casefold()):
-                found[index[match.group(0)]] = 1.0
+                found[self._index[match.group(0)]] = 1.0
         return found
 
     def shares(self, items: Sequence[int]) -> np.ndarray:
@@ -159,6 +164,10 @@ class TagActionAgent(TextAgent):
         super().reset(observation, info)
         self.request = info.get("request", "") if self.requests else ""
         self.asked = set()
+        vocabulary = self.vocabulary
+        self.long_term = vocabulary.shares(self.history)
+        self.recent = vocabulary.shares(self.history[-RECENT_ITEMS:])
+        self.request_tags = vocabulary.in_text(self.request)
 
     def observe(self, info: dict) -> dict[str, np.ndarray]:
         """The observation: `observations` = [tag shares over the shown history (V), over its last `RECENT_ITEMS`
@@ -166,10 +175,7 @@ class TagActionAgent(TextAgent):
         max_tool_calls, whether the request states a tag, the mean history share of the request's tags, the overlap of
         the last call's top rec_k with the first call's, with all earlier calls', history length / 100];
         `action_mask` = 1 for the actions allowed now."""
-        vocabulary, calls = self.vocabulary, info.get("tool_calls", [])
-        history = self.history
-        long_term = vocabulary.shares(history)
-        request = vocabulary.in_text(self.request)
+        calls, long_term, request = info.get("tool_calls", []), self.long_term, self.request_tags
         asked = np.zeros(self.n_queries, np.float32)
         asked[list(self.asked)] = 1.0
         last = set(calls[-1]["item_ids"][: self.rec_k]) if calls else set()
@@ -181,11 +187,9 @@ class TagActionAgent(TextAgent):
             float(request @ long_term) / max(float(request.sum()), 1.0),
             len(last & first) / self.rec_k if len(calls) > 1 else 0.0,
             len(last & earlier) / self.rec_k,
-            min(len(history) / HISTORY_SCALE, 1.0),
+            min(len(self.history) / HISTORY_SCALE, 1.0),
         ]
-        features = np.concatenate(
-            [long_term, vocabulary.shares(history[-RECENT_ITEMS:]), request, asked, np.asarray(scalars, np.float32)]
-        )
+        features = np.concatenate([long_term, self.recent, request, asked, np.asarray(scalars, np.float32)])
         mask = np.zeros(len(self.actions), np.float32)
         if len(calls) < self.max_tool_calls:
             mask[: self.n_queries] = 1.0 - asked
@@ -253,7 +257,7 @@ class TagActionEnv(gymnasium.Wrapper, RecordConstructorArgs):
     """A `DeepRecEnv` with tag actions (see the module docstring). Rewards, termination, truncation and info are the
     wrapped env's; the info of every step adds `action_name`."""
 
-    def __init__(self, env: gymnasium.Env, max_tags: int = 48, min_items: int = 10):
+    def __init__(self, env: gymnasium.Env, max_tags: int = MAX_TAGS, min_items: int = MIN_ITEMS):
         RecordConstructorArgs.__init__(self, max_tags=max_tags, min_items=min_items)
         gymnasium.Wrapper.__init__(self, env)
         inner: DeepRecEnv = env.unwrapped

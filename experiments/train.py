@@ -286,12 +286,12 @@ def train(cfg: DictConfig) -> dict:
         raise SystemExit(f"unknown phase {unknown[0]!r}; trainer.phases takes {list(PHASES)}")
     run = Run(cfg, prepare(cfg).with_reward(cfg.reward))
     run.out.mkdir(parents=True, exist_ok=True)
-    if run.policy.name == "tag-ppo":
-        return train_tag_policy(run)
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    models: dict[str, Path] = {}
     timings_path = run.out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    if run.policy.name == "tag-ppo":
+        return train_tag_policy(run, timings, timings_path)
+    models: dict[str, Path] = {}
     current = policy_dir(run.policy, run.stack.dataset, run.stack.root)
     results = None
     for phase in [p for p in PHASES if p in cfg.trainer.phases]:
@@ -314,19 +314,17 @@ def train(cfg: DictConfig) -> dict:
     return timings
 
 
-def train_tag_policy(run: Run) -> dict:
+def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) -> dict:
     """`policy=tag-ppo`: PPO phases (`stage1` / `stage2` in `trainer.phases`, each with its stage's reward) of a
     tag-action policy on Ray env runners, then `evaluate`: the policy beside the baselines on every validation user
     (`trainer.evaluation.valid_users`) and on the test users, and `report.md`."""
     import ray
 
-    from agents.training.ppo import is_tag_policy, start_ray, train_tag_ppo, validation_episodes
+    from agents.rollout import play
+    from agents.training.ppo import is_tag_policy, start_ray, train_tag_ppo
 
     cfg = run.cfg
-    (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     node = OmegaConf.to_container(cfg, resolve=True)
-    timings_path = run.out / "timings.json"
-    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     phases = [p for p in PHASES if p in cfg.trainer.phases]
     if "warm_start" in phases:
         raise SystemExit("policy=tag-ppo trains from scratch: drop warm_start from trainer.phases")
@@ -351,9 +349,7 @@ def train_tag_policy(run: Run) -> dict:
 
                 def validate(make_agent) -> dict[str, float]:
                     users = run.valid_users
-                    return validation_scalars(
-                        validation_episodes(run.rec, run.env, make_agent, users, run.trainer.n_envs)
-                    )
+                    return validation_scalars(play(run.rec, run.env, make_agent, users, "valid", run.trainer.n_envs))
 
                 current = models[f"tag-ppo-{phase}"] = train_tag_ppo(
                     node,

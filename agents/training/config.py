@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.tag_actions import MAX_TAGS, MIN_ITEMS
+
 PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 
 
@@ -135,8 +137,8 @@ class TagPPOConfig:
     num_env_runners: int = 1  # Ray actors that step envs (0: sample in the driver)
     envs_per_runner: int = 8
     cpus_per_runner: float = 1.0
-    max_tags: int = 48  # tag vocabulary: the most common item aspects (`agents.tag_actions.TagVocabulary`)
-    min_items: int = 10  # a tag must describe at least this many items
+    max_tags: int = MAX_TAGS  # tag vocabulary: the most common item aspects (`agents.tag_actions.TagVocabulary`)
+    min_items: int = MIN_ITEMS  # a tag must describe at least this many items
     eval_every: int = 10  # iterations between greedy validation rollouts (`trainer.validation.users`); 0: at the end
     checkpoint_every: int = 10  # iterations between checkpoints (a rerun resumes from the last one)
 

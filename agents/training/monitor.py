@@ -12,7 +12,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from agents.llm import LLMAgent, LLMPolicy, PolicyConfig
-from agents.rollout import rollout
+from agents.rollout import play
 from deeprec_env.metrics import list_ranks, ranking_metrics
 from deeprec_env.stack import Stack
 
@@ -23,12 +23,11 @@ def policy_episodes(
     policy: LLMPolicy, stack: Stack, env: dict, users: Sequence[int], split: str, n_envs: int, progress: bool = False
 ) -> list:
     """The policy's episodes (one per user) on `split`, in the stack's env with the `env` overrides."""
-    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env)
 
-    def make_agent():
-        return LLMAgent(stack.dataset, policy, protocol=envs.config.protocol, rec_k=envs.config.rec_k)
+    def make_agent(dataset, codec, rec_k):
+        return LLMAgent(dataset, policy, protocol=codec, rec_k=rec_k)
 
-    return rollout(envs, make_agent, list(users), split, show_progress=progress)
+    return play(stack, env, make_agent, list(users), split, n_envs, progress)
 
 
 def validation_scalars(episodes: Sequence) -> dict[str, float]:

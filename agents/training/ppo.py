@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,16 +201,6 @@ def load_tag_agent(path: str | Path, dataset: RecDataset) -> Callable[[RecDatase
     module = RLModule.from_checkpoint(Path(path).resolve() / "module")  # RLlib reads absolute paths only
     module.eval()
     return tag_agent_factory(dataset, greedy_choice(module), settings)
-
-
-def validation_episodes(stack, env: dict, make_agent, users: Sequence[int], n_envs: int) -> list:
-    """Greedy episodes of a tag agent on validation users (the stack's reward)."""
-    from agents.rollout import rollout
-
-    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env)
-    return rollout(
-        envs, lambda: make_agent(stack.dataset, envs.config.protocol, envs.config.rec_k), users, "valid", False
-    )
 
 
 def train_tag_ppo(
