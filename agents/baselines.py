@@ -215,6 +215,16 @@ class ScriptedRequestAgent(ScriptedAgent):
         return f"Of my {calls} searches, the first, from {first}, ranks best; I keep its order."
 
 
+class TargetOf:
+    """(user, split) -> the target item id of that user's episode on that split: what `OracleAgent` is told."""
+
+    def __init__(self, dataset: RecDataset):
+        self.dataset = dataset
+
+    def __call__(self, user: int, split: str) -> int:
+        return self.dataset.history_and_target(user, split)[1]
+
+
 class OracleAgent(TextAgent):
     """Knows the target (an upper bound): asks with a query built from the target's metadata, answers the top
     results with the target first if it was retrieved."""
@@ -259,3 +269,14 @@ def text_agent_class(name: str) -> type[TextAgent]:
     if not (isinstance(cls, type) and callable(getattr(cls, "act", None)) and callable(getattr(cls, "reset", None))):
         raise ValueError(f"agent {name!r} is not a class with reset(observation, info) and act(observation, info)")
     return cls
+
+
+class AgentFactory:
+    """`make_agent(dataset, codec, rec_k)` for a text agent class, constructed as `cls(dataset, protocol=codec,
+    rec_k=rec_k, **kwargs)`; picklable, so rollout workers can build the agents themselves (`agents.workers`)."""
+
+    def __init__(self, cls: type, **kwargs):
+        self.cls, self.kwargs = cls, kwargs
+
+    def __call__(self, dataset: RecDataset, codec: str, rec_k: int):
+        return self.cls(dataset, protocol=codec, rec_k=rec_k, **self.kwargs)

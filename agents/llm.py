@@ -271,6 +271,7 @@ class LLMPolicy:
         for start in range(0, len(prompts), config.batch_size):
             batch = list(prompts[start : start + config.batch_size])
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {key: value.to(self.model.device) for key, value in enc.items()}
             limit = (
                 self.model.config.max_position_embeddings
                 if hasattr(self.model.config, "max_position_embeddings")
@@ -336,6 +337,17 @@ class LLMAgent(TextAgent):
             if agent.codec.name == "tags":
                 agent.context += segment
         return segments
+
+
+class LLMAgentFactory:
+    """`make_agent(dataset, codec, rec_k)` for an `LLMPolicy`: picklable, so rollout workers get the policy once
+    (`agents.workers`)."""
+
+    def __init__(self, policy: LLMPolicy):
+        self.policy = policy
+
+    def __call__(self, dataset: RecDataset, codec: str, rec_k: int) -> LLMAgent:
+        return LLMAgent(dataset, self.policy, protocol=codec, rec_k=rec_k)
 
 
 def save_policy_settings(directory: Path, dataset: str, env: EnvConfig, policy: PolicyConfig) -> None:

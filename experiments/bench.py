@@ -15,6 +15,9 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
   with `bench.tasks=[grpo_step] bench.datasets=[ml-100k] bench.policy=runs/<run>/warm_start/final`).
 - `tag_ppo`: RLlib PPO on tag actions with 1 and 2 Ray env runners: env steps and episodes per second, learner time
   per iteration, iteration wall time (run it with `policy=tag-ppo bench.tasks=[tag_ppo] bench.datasets=[ml-100k]`).
+- `rollouts`: episodes per second of the scripted agent on the local backend and on Ray with 1 and 2 rollout
+  workers, Ray's overhead per episode, and the trainer's evaluation phase wall time local vs 2 workers (run it with
+  `bench.tasks=[rollouts] bench.datasets=[ml-100k]`, and `trainer.evaluation.*` to size the phase).
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
@@ -424,7 +427,8 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
     from omegaconf import OmegaConf
 
     from agents.training.config import TagPPOConfig
-    from agents.training.ppo import ppo_config, start_ray, tag_env_config
+    from agents.training.ppo import ppo_config, tag_env_config
+    from agents.workers import start_ray
     from deeprec_env.config import typed
 
     node = OmegaConf.to_container(cfg, resolve=True)
@@ -463,8 +467,65 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
     return result
 
 
+def bench_rollouts(cfg: DictConfig) -> dict:
+    """Rollouts on the local backend and on Ray with 1 and 2 workers: the scripted agent's episodes per second on
+    `bench.env_episodes` test users (after a warm-up call that starts the workers and ships the stack), the Ray
+    overhead per episode against local, and the wall time of the trainer's evaluation phase (`Run.evaluate`: the
+    policy at `bench.policy` as both compared models, the default untrained tiny one otherwise) local vs 2 workers."""
+    import tempfile
+
+    from omegaconf import open_dict
+
+    from agents.baselines import AgentFactory, ScriptedAgent
+    from agents.llm import policy_config, policy_dir
+    from agents.workers import RolloutConfig, rollout_pool
+    from experiments.train import Run
+
+    stack = build_stack(cfg)
+    users = seeded_sample(stack.dataset.eval_users("test"), cfg.bench.env_episodes, cfg.seed)
+    backends = {
+        "local": RolloutConfig(),
+        "ray-1": RolloutConfig(backend="ray", workers=1),
+        "ray-2": RolloutConfig(backend="ray", workers=2),
+    }
+    scripted = AgentFactory(ScriptedAgent, seed=cfg.seed)
+    result: dict = {"dataset": stack.dataset.name, "episodes": len(users), "scripted": {}, "evaluation_phase": {}}
+    for label, config in backends.items():
+        with rollout_pool(config, cfg.ray.address, cfg.ray.num_cpus) as pool:
+            started = time.perf_counter()
+            pool.play(stack, {}, scripted, users[: config.workers], "test", cfg.eval.n_envs)
+            warm_up = time.perf_counter() - started
+            started = time.perf_counter()
+            pool.play(stack, {}, scripted, users, "test", cfg.eval.n_envs)
+            seconds = time.perf_counter() - started
+        result["scripted"][label] = {
+            "episodes_per_s": round(len(users) / seconds, 1),
+            "warm_up_s": round(warm_up, 2),
+        }
+    per_episode = {label: len(users) / r["episodes_per_s"] for label, r in result["scripted"].items()}
+    result["ray_overhead_ms_per_episode"] = round(1000 * (per_episode["ray-1"] - per_episode["local"]) / len(users), 2)
+    policy = cfg.bench.policy or str(policy_dir(policy_config(cfg.policy), stack.dataset, stack.root))
+    models = {"warm-start": policy, "grpo-stage2": policy}
+    node = cfg.copy()
+    for label in ("local", "ray-2"):
+        with (
+            tempfile.TemporaryDirectory() as out,
+            rollout_pool(backends[label], cfg.ray.address, cfg.ray.num_cpus) as pool,
+        ):
+            with open_dict(node):
+                node.trainer.output_dir = out
+            started = time.perf_counter()
+            Run(node, stack, pool).evaluate(models)
+            result["evaluation_phase"][label] = {"wall_s": round(time.perf_counter() - started, 1)}
+    evaluation = node.trainer.evaluation
+    result["evaluation_phase"] |= {"valid_users": evaluation.valid_users, "test_users": evaluation.users}
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
 TASKS = {
     "contention": bench_contention,
+    "rollouts": bench_rollouts,
     "grpo_step": bench_grpo_step,
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,

@@ -39,6 +39,14 @@ def entry_point(main: Callable) -> Callable:
     return run
 
 
+def command_pool(cfg):
+    """The rollout pool of a command's config (`rollout.*`, on the Ray of `ray.*`), as a context manager."""
+    from agents.workers import RolloutConfig, rollout_pool
+    from deeprec_env.config import typed
+
+    return rollout_pool(typed(RolloutConfig, cfg.rollout), cfg.ray.address, cfg.ray.num_cpus)
+
+
 def provenance() -> dict[str, str]:
     """The command that is running and the commit of the code it runs ("-dirty" with uncommitted changes)."""
     command = " ".join([f"python -m {_module_name()}", *sys.argv[1:]])

@@ -11,6 +11,7 @@ from hydra.core.config_store import ConfigStore
 
 from agents.llm import PolicyConfig
 from agents.training.config import TrainerConfig
+from agents.workers import RolloutConfig
 from deeprec_env.config import StackConfig, register_configs
 
 
@@ -80,7 +81,7 @@ class ReferenceConfig:
 
 @dataclass
 class RayConfig:
-    """Where Ray work runs (`policy=tag-ppo` env runners)."""
+    """Which Ray runs Ray work (`rollout.backend=ray` workers, `policy=tag-ppo` env runners)."""
 
     address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None: start Ray on this machine
     num_cpus: int | None = None  # CPUs of a Ray started here (None: all)
@@ -101,6 +102,7 @@ class ExperimentConfig(StackConfig):
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 register_configs()

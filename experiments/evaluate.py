@@ -26,7 +26,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from agents.baselines import popularity_scorer, text_agent_class
+from agents.baselines import AgentFactory, TargetOf, popularity_scorer, text_agent_class
+from agents.workers import RolloutPool
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.env import EnvConfig
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
@@ -39,7 +40,16 @@ from deeprec_env.metrics import (
     summarize,
 )
 from deeprec_env.stack import Stack, build_stack
-from experiments.common import CONFIG_PATH, entry_point, markdown_table, provenance, run_dir, seeded_sample, write_json
+from experiments.common import (
+    CONFIG_PATH,
+    command_pool,
+    entry_point,
+    markdown_table,
+    provenance,
+    run_dir,
+    seeded_sample,
+    write_json,
+)
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
 TABLE_COLUMNS = [
@@ -149,24 +159,22 @@ def policy_settings(cfg: DictConfig, policies: dict[str, Path]) -> tuple[dict[st
 
 
 def text_agent_evaluation(
-    cfg: DictConfig, stack: Stack, env: dict[str, Any], users: np.ndarray, name: str, make_agent: Callable | None
+    cfg: DictConfig,
+    stack: Stack,
+    env: dict[str, Any],
+    users: np.ndarray,
+    name: str,
+    make_agent: Callable | None,
+    pool: RolloutPool,
 ) -> tuple[Evaluation, dict[str, np.ndarray]]:
-    """A text agent through the environment on `users` (answers matched to item ids) and per-user episode
-    statistics. `make_agent(dataset, codec, rec_k)` builds agents not found by name (an LLM policy)."""
-    from agents.rollout import rollout
-
-    envs = stack.make_vector_env(cfg.eval.n_envs, autoreset_mode="Disabled", **env)
-    codec, rec_k, dataset = envs.config.protocol, envs.config.rec_k, stack.dataset
+    """A text agent through the environment on `users` (answers matched to item ids), played by the pool's workers,
+    and per-user episode statistics. `make_agent(dataset, codec, rec_k)` builds agents not found by name (a trained
+    policy)."""
+    dataset, rec_k = stack.dataset, stack.env_config(**env).rec_k
     if make_agent is None:
-        cls = text_agent_class(name)
-        extra = (
-            {"target_of": lambda user, split: dataset.history_and_target(user, split)[1]} if name == "oracle" else {}
-        )
-
-        def make_agent(dataset, codec, rec_k):
-            return cls(dataset, protocol=codec, rec_k=rec_k, seed=cfg.seed, **extra)
-
-    episodes = rollout(envs, lambda: make_agent(dataset, codec, rec_k), users, cfg.split)
+        extra = {"target_of": TargetOf(dataset)} if name == "oracle" else {}
+        make_agent = AgentFactory(text_agent_class(name), seed=cfg.seed, **extra)
+    episodes = pool.play(stack, env, make_agent, users, cfg.split, cfg.eval.n_envs, show_progress=True)
     lists = np.zeros((len(episodes), cfg.eval.list_k), dtype=np.int64)
     for row, episode in enumerate(episodes):
         ranked = episode.ranked_ids[: cfg.eval.list_k]
@@ -253,11 +261,19 @@ def agent_names(cfg: DictConfig) -> list[str]:
 
 
 def evaluate(
-    cfg: DictConfig, stack: Stack | None = None, policies: dict[str, Path] | None = None, out: Path | None = None
+    cfg: DictConfig,
+    stack: Stack | None = None,
+    policies: dict[str, Path] | None = None,
+    out: Path | None = None,
+    pool: RolloutPool | None = None,
 ) -> list[dict]:
     """Evaluate `cfg.agent` and the trained `policies` (name -> model directory; `llm` on the command line is
-    `policy.path`) on the same users of `cfg.split`; writes the results into `out` (default: the Hydra run dir)."""
-    from agents.llm import LLMAgent, LLMPolicy, policy_config
+    `policy.path`) on the same users of `cfg.split`; writes the results into `out` (default: the Hydra run dir).
+    Text agents and policies play on `pool` (None: one built from `cfg.rollout` for this call)."""
+    if pool is None:
+        with command_pool(cfg) as pool:
+            return evaluate(cfg, stack, policies, out, pool)
+    from agents.llm import LLMAgentFactory, LLMPolicy, policy_config
     from agents.training.ppo import is_tag_policy, load_tag_agent
 
     names = agent_names(cfg)
@@ -297,12 +313,8 @@ def evaluate(
             make_agent = load_tag_agent(policies[name], stack.dataset)
         elif name in policies:
             config = dataclasses.replace(policy_config(cfg.policy), **generation)
-            policy = LLMPolicy.load(policies[name], config)
-
-            def make_agent(dataset, codec, rec_k, policy=policy):
-                return LLMAgent(dataset, policy, protocol=codec, rec_k=rec_k)
-
-        outcomes[name], stats[name] = text_agent_evaluation(cfg, stack, env, users, name, make_agent)
+            make_agent = LLMAgentFactory(LLMPolicy.load(policies[name], config))
+        outcomes[name], stats[name] = text_agent_evaluation(cfg, stack, env, users, name, make_agent, pool)
     made_by = provenance()
     records = [result_record(cfg, stack.dataset, name, outcomes[name], stats.get(name)) for name in names]
     records = [record | {"provenance": made_by} for record in records]

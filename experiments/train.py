@@ -21,14 +21,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agents.llm import LLMPolicy, policy_config, policy_dir, save_policy_settings
 from agents.training.config import PHASES, GRPOStageConfig, TrainerConfig, WarmStartConfig
-from agents.training.grpo import train_grpo
+from agents.training.grpo import WorkerRollouts, train_grpo
 from agents.training.monitor import ValidationCallback, policy_episodes, validation_scalars
 from agents.training.warm_start import teacher_episodes, warm_start
+from agents.workers import RolloutPool, start_ray
 from deeprec_env.config import typed
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.metrics import paired_difference
 from deeprec_env.stack import Stack
-from experiments.common import CONFIG_PATH, entry_point, markdown_table, seeded_sample, write_json
+from experiments.common import CONFIG_PATH, command_pool, entry_point, markdown_table, seeded_sample, write_json
 from experiments.prepare import prepare
 
 log = logging.getLogger("deeprec")
@@ -73,11 +74,12 @@ def done(phase_dir: Path) -> bool:
 
 
 class Run:
-    """One training run: the config, its stack, the policy's env and the output directory."""
+    """One training run: the config, its stack, the policy's env, the rollout pool and the output directory."""
 
-    def __init__(self, cfg: DictConfig, stack: Stack):
+    def __init__(self, cfg: DictConfig, stack: Stack, pool: RolloutPool):
         self.cfg = cfg
         self.stack = stack
+        self.pool = pool  # plays every rollout of the run: teacher data, validation, GRPO (backend=ray), evaluation
         self.trainer = typed(TrainerConfig, cfg.trainer)
         self.env = dict(self.trainer.env)  # EnvConfig fields over the root env: the env the policy plays
         self.cuts = stack.env_config(**self.env).train_cuts  # train cut points per user
@@ -106,6 +108,7 @@ class Run:
             self.trainer.n_envs,
             phase,
             self.out / phase / "validation.json",
+            self.pool,
         )
 
     def warm_start(self, initial: Path) -> Path:
@@ -117,7 +120,14 @@ class Run:
         chosen = seeded_sample(train_episodes(self.stack.dataset, self.cuts), config.episodes, self.cfg.seed)
         env = self.env | {"split": "train"}
         episodes = teacher_episodes(
-            self.train_stack, env, chosen[:, 0], config.teacher, self.trainer.n_envs, self.cfg.seed, chosen[:, 1]
+            self.pool,
+            self.train_stack,
+            env,
+            chosen[:, 0],
+            config.teacher,
+            self.trainer.n_envs,
+            self.cfg.seed,
+            chosen[:, 1],
         )
         callback = self.validation_callback("warm_start", config.eval_every)
         logs = self.out / "tensorboard" / "warm_start"
@@ -131,6 +141,11 @@ class Run:
         stage: GRPOStageConfig = getattr(self.trainer, name)
         stack = self.train_stack.with_reward(stage.reward) if stage.reward else self.train_stack
         env = self.env | {"split": "train"}
+        rollouts = None
+        if self.pool.config.backend == "ray":
+            rollouts = WorkerRollouts(
+                self.pool, stack, env, self.trainer.n_envs, self.policy.max_new_tokens, self.cfg.seed
+            )
         final = train_grpo(
             start,
             lambda: stack.make_env(**env),
@@ -141,6 +156,7 @@ class Run:
             self.out / "tensorboard" / name,
             [self.validation_callback(name, stage.eval_every)],
             turn_tokens=self.policy.max_new_tokens,
+            rollouts=rollouts,
         )
         return self.finished(final)
 
@@ -150,9 +166,8 @@ class Run:
         re-analysis such as a subset's interval)."""
         rewards, summary = {}, {}
         for name, path in models.items():
-            episodes = policy_episodes(
-                LLMPolicy.load(path, self.policy), self.rec, self.env, users, "valid", self.trainer.n_envs, True
-            )
+            policy = LLMPolicy.load(path, self.policy)
+            episodes = policy_episodes(self.pool, policy, self.rec, self.env, users, "valid", self.trainer.n_envs, True)
             rewards[name] = np.array([e.reward_total for e in episodes])
             summary[name] = validation_scalars(episodes)
         first, last = list(models)[0], list(models)[-1]
@@ -191,7 +206,7 @@ class Run:
             node.eval.max_users = evaluation_config.users
         out = self.out / "evaluation"
         out.mkdir(parents=True, exist_ok=True)
-        return {"validation": validation, "test": evaluate(node, self.stack, policies=models, out=out)}
+        return {"validation": validation, "test": evaluate(node, self.stack, models, out, self.pool)}
 
     def evaluate_tag_policy(self, models: dict[str, Path]) -> dict:
         """The tag policy of the last phase beside the baselines (with requests: `trm-request`, `scripted-request`)
@@ -214,7 +229,7 @@ class Run:
                 node.eval.max_users = users or None
             out = self.out / folder
             out.mkdir(parents=True, exist_ok=True)
-            results[split] = evaluate(node, self.stack, policies=policy, out=out)
+            results[split] = evaluate(node, self.stack, policy, out, self.pool)
         return results
 
 
@@ -284,7 +299,13 @@ def train(cfg: DictConfig) -> dict:
     unknown = [p for p in cfg.trainer.phases if p not in PHASES]
     if unknown:
         raise SystemExit(f"unknown phase {unknown[0]!r}; trainer.phases takes {list(PHASES)}")
-    run = Run(cfg, prepare(cfg).with_reward(cfg.reward))
+    with command_pool(cfg) as pool:
+        return train_run(Run(cfg, prepare(cfg).with_reward(cfg.reward), pool))
+
+
+def train_run(run: Run) -> dict:
+    """The phases of `run` (see the module docstring); returns each phase's wall time."""
+    cfg = run.cfg
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     timings_path = run.out / "timings.json"  # each phase's wall time in the run that finished it, kept across reruns
@@ -320,8 +341,8 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
     (`trainer.evaluation.valid_users`) and on the test users, and `report.md`."""
     import ray
 
-    from agents.rollout import play
-    from agents.training.ppo import is_tag_policy, start_ray, train_tag_ppo
+    from agents.training.ppo import is_tag_policy, train_tag_ppo
+    from agents.workers import RolloutPool
 
     cfg = run.cfg
     node = OmegaConf.to_container(cfg, resolve=True)
@@ -329,7 +350,9 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
     if "warm_start" in phases:
         raise SystemExit("policy=tag-ppo trains from scratch: drop warm_start from trainer.phases")
     current, models = None, {}
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    started_ray = start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    # validation while PPO trains plays in this process: the env runners hold the CPUs Ray workers would need
+    validation_pool = RolloutPool()
     try:
         for phase in phases:
             started = time.perf_counter()
@@ -349,7 +372,8 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
 
                 def validate(make_agent) -> dict[str, float]:
                     users = run.valid_users
-                    return validation_scalars(play(run.rec, run.env, make_agent, users, "valid", run.trainer.n_envs))
+                    episodes = validation_pool.play(run.rec, run.env, make_agent, users, "valid", run.trainer.n_envs)
+                    return validation_scalars(episodes)
 
                 current = models[f"tag-ppo-{phase}"] = train_tag_ppo(
                     node,
@@ -368,7 +392,9 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
             timings[phase] = round(time.perf_counter() - started, 1)
             write_json(timings_path, timings)
     finally:
-        ray.shutdown()
+        validation_pool.close()
+        if started_ray:
+            ray.shutdown()
     if "evaluate" in phases:
         log.info("report: %s", write_tag_report(cfg, run.out, results, timings))
     return timings

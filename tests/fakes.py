@@ -1,10 +1,13 @@
 """Test doubles and small fixtures shared by the test modules."""
 
+import os
+import subprocess
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from agents.baselines import ScriptedAgent
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.data.source import DatasetConfig, SyntheticConfig, data_roots, load_dataset
 
@@ -89,3 +92,24 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
         matcher=TitleMatcher(dataset),
         reward=reward,
     )
+
+
+class CrashOnceAgent(ScriptedAgent):
+    """The scripted agent, except that its process dies (`os._exit`) at the first episode of `crash_user` anywhere:
+    the file `marker` records that it happened. For tests of rollout workers dying mid-batch."""
+
+    def __init__(self, *args, marker: Path, crash_user: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marker, self.crash_user = Path(marker), crash_user
+
+    def reset(self, observation, info):
+        if info["user"] == self.crash_user and not self.marker.exists():
+            self.marker.write_text("crashed")
+            os._exit(1)
+        super().reset(observation, info)
+
+
+def ray_processes() -> set[str]:
+    """Ray's processes now running on this machine (pid and command line)."""
+    found = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    return {line for line in found.splitlines() if "pgrep" not in line}

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from agents.rollout import rollout
 from agents.tag_actions import ANSWER_RULES, TagActionAgent, TagActionEnv, TagVocabulary, action_names
-from tests.fakes import random_stack, synthetic_dataset
+from agents.workers import RolloutPool
+from tests.fakes import random_stack, ray_processes, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,15 +163,9 @@ PPO = [
 ]
 
 
-def _ray_processes() -> set[str]:
-    """Ray's processes now running (pid and command line)."""
-    found = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
-    return {line for line in found.splitlines() if "pgrep" not in line}
-
-
 def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    before = _ray_processes()  # another Ray on this machine is not ours to judge
+    before = ray_processes()  # another Ray on this machine is not ours to judge
     run = tmp_path / "run"
     command = [
         sys.executable,
@@ -183,7 +178,7 @@ def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path)
     ]
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert _ray_processes() <= before
+    assert ray_processes() <= before
     history = json.loads((run / "stage2" / "history.json").read_text())["history"]
     assert [h["iteration"] for h in history] == list(range(1, 9))
     returns = [h["train/episode_return"] for h in history]
@@ -204,7 +199,7 @@ def test_tag_ppo_learns_on_synthetic_resumes_and_leaves_no_ray_process(tmp_path)
     assert "resuming stage2 at iteration 8" in more.stderr + more.stdout
     history = json.loads((run / "stage2" / "history.json").read_text())["history"]
     assert [h["iteration"] for h in history] == list(range(1, 11))
-    assert _ray_processes() <= before
+    assert ray_processes() <= before
     again = subprocess.run([*command, "trainer.phases=[stage2]"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "stage2 already done" in again.stderr + again.stdout  # a finished phase is kept
 
@@ -251,8 +246,8 @@ def test_a_saved_tag_policy_is_an_evaluation_agent_and_a_warm_start_teacher(tmp_
     assert is_tag_policy(final) and not is_tag_policy(tmp_path)
     chat = {"protocol": "chat", "item_refs": "handles", "max_tool_calls": 3, "split": "train"}
     users = [int(u) for u in dataset.eval_users("train")[:6]]
-    episodes = teacher_episodes(stack, chat, users, str(final), 3, 0)
+    episodes = teacher_episodes(RolloutPool(), stack, chat, users, str(final), 3, 0)
     assert [e.user for e in episodes] == users
     assert all(e.format_ok and 1 <= len(e.tool_calls) <= 3 and len(e.answer_ids) == 10 for e in episodes)
-    again = teacher_episodes(stack, chat, users, str(final), 2, 0)
+    again = teacher_episodes(RolloutPool(), stack, chat, users, str(final), 2, 0)
     assert [e.transcript for e in again] == [e.transcript for e in episodes]

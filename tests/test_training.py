@@ -17,10 +17,11 @@ import torch
 from agents.llm import PolicyConfig, tiny_model_config, train_tokenizer
 from agents.training.grpo import DeepRecToolEnv, active_components, component_rewards
 from agents.training.warm_start import sft_messages, teacher_episodes
+from agents.workers import RolloutPool
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
 from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec, normalize_preference
-from tests.fakes import random_stack, synthetic_dataset
+from tests.fakes import random_stack, ray_processes, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def tokenizer(dataset):
 
 def test_sft_messages_render_tool_calls_that_parse_back(dataset, stack, tokenizer):
     episodes = teacher_episodes(
-        stack, {"split": "train"}, [int(u) for u in dataset.eval_users("train")[:4]], "scripted", 4, 0
+        RolloutPool(), stack, {"split": "train"}, [int(u) for u in dataset.eval_users("train")[:4]], "scripted", 4, 0
     )
     for episode in episodes:
         messages = sft_messages(episode)
@@ -155,8 +156,8 @@ def test_a_bare_json_tool_call_is_a_call_nowhere(dataset, tokenizer):
 
 def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_list(dataset, stack):
     users = [int(u) for u in dataset.eval_users("train")[:4]]
-    scripted = teacher_episodes(stack, {"split": "train"}, users, "scripted", 4, 0)
-    copying = teacher_episodes(stack, {"split": "train"}, users, "scripted-copy", 4, 0)
+    scripted = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted", 4, 0)
+    copying = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted-copy", 4, 0)
     for fused, copied in zip(scripted, copying, strict=True):
         assert copied.preferences == fused.preferences and len(copied.tool_calls) == 4
         assert copied.format_ok and copied.ranked_ids == copied.tool_calls[0].item_ids[: copied.rec_k]
@@ -165,8 +166,10 @@ def test_scripted_copy_teacher_makes_the_scripted_calls_and_answers_the_first_li
 
 def test_teacher_answers_by_handle_exactly_what_it_would_name_by_title(dataset, stack):
     users = [int(u) for u in dataset.eval_users("train")[:6]]
-    by_title = teacher_episodes(stack, {"split": "train"}, users, "scripted", 3, 0)
-    by_handle = teacher_episodes(stack, {"split": "train", "item_refs": "handles"}, users, "scripted", 3, 0)
+    by_title = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted", 3, 0)
+    by_handle = teacher_episodes(
+        RolloutPool(), stack, {"split": "train", "item_refs": "handles"}, users, "scripted", 3, 0
+    )
     for titled, handled in zip(by_title, by_handle, strict=True):
         assert handled.ranked_ids == titled.ranked_ids and handled.format_ok and handled.n_invalid == 0
         assert handled.answer_lines == tuple(handled.handles[i] for i in handled.ranked_ids)
@@ -191,7 +194,9 @@ def test_training_episodes_span_cut_points_and_the_filter_keeps_what_the_tool_fi
         history, target = dataset.history_and_target(user, "train", cut)
         found = stack.retriever.retrieve([history], [""], 10)[0]
         assert ((user, cut) in kept) == (target in found)
-    teacher = teacher_episodes(stack, {"split": "train"}, sample[:, 0], "scripted-copy", 4, 0, sample[:, 1])
+    teacher = teacher_episodes(
+        RolloutPool(), stack, {"split": "train"}, sample[:, 0], "scripted-copy", 4, 0, sample[:, 1]
+    )
     assert [(e.user, e.cut) for e in teacher] == [tuple(r) for r in sample.tolist()]
 
 
@@ -235,9 +240,11 @@ def test_requests_reach_the_prompt_the_record_and_the_trm_request_baseline(datas
 
 def test_scripted_request_asks_with_the_request_first_and_answers_its_list(dataset, stack):
     users = [int(u) for u in dataset.eval_users("train")[:6]]
-    asked = teacher_episodes(stack, {"split": "train", "requests": True}, users, "scripted-request", 3, 0)
-    copied = teacher_episodes(stack, {"split": "train"}, users, "scripted-copy", 3, 0)
-    plain = teacher_episodes(stack, {"split": "train"}, users, "scripted-request", 3, 0)
+    asked = teacher_episodes(
+        RolloutPool(), stack, {"split": "train", "requests": True}, users, "scripted-request", 3, 0
+    )
+    copied = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted-copy", 3, 0)
+    plain = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted-request", 3, 0)
     for episode, copy_episode, without in zip(asked, copied, plain, strict=True):
         assert episode.preferences[0] == normalize_preference(episode.request) and episode.format_ok
         assert episode.ranked_ids == episode.tool_calls[0].item_ids[: episode.rec_k]
@@ -266,7 +273,7 @@ class CountingRetriever:
 
 def test_adapter_scores_the_live_episode_without_retrieving_again(dataset, stack):
     user = int(dataset.eval_users("train")[0])
-    episode = teacher_episodes(stack, {"split": "train"}, [user], "scripted", 1, 0)[0]
+    episode = teacher_episodes(RolloutPool(), stack, {"split": "train"}, [user], "scripted", 1, 0)[0]
     counting = CountingRetriever(stack.retriever)
     env = stack.make_env()
     env.retriever = counting
@@ -384,19 +391,19 @@ def test_validation_history_is_written_as_it_happens_and_continued_on_resume(tmp
     from agents.training import monitor
 
     monkeypatch.setattr(monitor, "LLMPolicy", lambda *args: None)
-    monkeypatch.setattr(monitor, "policy_episodes", lambda *args: [SimpleNamespace()])
+    monkeypatch.setattr(monitor, "policy_episodes", lambda *args, **kwargs: [SimpleNamespace()])
     monkeypatch.setattr(monitor, "transcript_text", lambda episode: "")
     scores = iter(range(100))
     monkeypatch.setattr(monitor, "validation_scalars", lambda episodes: {"valid/reward": float(next(scores))})
     path = tmp_path / "stage2" / "validation.json"
 
     def callback():
-        return monitor.ValidationCallback(None, {}, [1], tmp_path / "tb", 2, PolicyConfig(), 1, "stage2", path)
+        return monitor.ValidationCallback(None, {}, [1], tmp_path / "tb", 2, PolicyConfig(), 1, "stage2", path, None)
 
     def history():
         return [(h["step"], h["valid/reward"]) for h in json.loads(path.read_text())["history"]]
 
-    model = SimpleNamespace(training=True, train=lambda mode: None)
+    model = SimpleNamespace(training=True, train=lambda mode: None, eval=lambda: None)
     first = callback()
     for step in (1, 2, 3, 4):
         first.on_step_end(None, SimpleNamespace(global_step=step), None, model=model)
@@ -412,7 +419,7 @@ def test_validation_history_is_written_as_it_happens_and_continued_on_resume(tmp
     assert history() == [(2, 0.0), (4, 2.0), (6, 3.0)]
 
 
-def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
+def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill_on_ray_workers(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -433,8 +440,12 @@ def test_pipeline_runs_end_to_end_and_resumes_stage2_after_a_kill(tmp_path):
     first.wait()
     assert not (run / "stage2" / "final").exists()
 
-    second = subprocess.run(_train_command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True)
+    # the rerun plays every rollout (GRPO generation, validation, evaluation) on two Ray rollout workers
+    on_ray = ["rollout.backend=ray", "rollout.workers=2", "rollout.tasks_per_batch=4", "ray.num_cpus=2"]
+    ray_before = ray_processes()
+    second = subprocess.run(_train_command(tmp_path) + on_ray, cwd=ROOT, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert ray_processes() <= ray_before
     log = second.stderr + second.stdout
     assert "warm start already done" in log and "stage1 already done" in log
     # mid-stage it resumes; killed after its last checkpoint (a slow machine), it finishes from that checkpoint

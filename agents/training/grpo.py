@@ -12,10 +12,18 @@ Each component with a non-zero weight is its own reward function, returning the 
 the format gate) and weighted by TRL with the configured weight, so TRL logs every component and their weighted sum
 is the env's reward. Episode statistics (tool calls, format failures, invalid and duplicate rates) are logged through
 TRL's `log_metric`.
+
+With rollout workers (`rollout.backend=ray`), `WorkerRollouts` is TRL's `rollout_func` instead: the workers play each
+prompt's episode with a copy of the policy whose weights follow every optimizer step (`agents.workers`), and return
+the token trajectories (generated tokens and the env's replies, masked apart) with the scored episodes, which the same
+reward functions read. The env then runs every turn as in evaluation (a malformed turn gets the env's hint and the
+episode goes on), where TRL's own loop ends a completion at its first turn without a tool call.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +34,8 @@ from agents.training.config import GRPOStageConfig
 from deeprec_env.env import DeepRecEnv, EnvConfig
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import tool_docstring
+
+log = logging.getLogger(__name__)
 
 
 class DeepRecToolEnv:
@@ -73,8 +83,11 @@ def component_rewards(names: Sequence[str]) -> list[Callable]:
     """One TRL reward function per component (named after it); the first also logs the episode statistics."""
 
     def make(name: str, log_stats: bool) -> Callable:
-        def reward(completions, environments, log_metric=None, **_):
-            episodes = [env._finish(c) for env, c in zip(environments, completions, strict=True)]
+        def reward(completions, environments=None, episode=None, log_metric=None, **_):
+            if episode is not None:  # played by rollout workers (`WorkerRollouts`)
+                episodes = list(episode)
+            else:
+                episodes = [env._finish(c) for env, c in zip(environments, completions, strict=True)]
             if log_stats and log_metric is not None:
                 for key, value in episode_metrics(episodes).items():
                     log_metric(key, value)
@@ -84,6 +97,56 @@ def component_rewards(names: Sequence[str]) -> list[Callable]:
         return reward
 
     return [make(name, i == 0) for i, name in enumerate(names)]
+
+
+def prompt_key(prompt: Sequence[dict]) -> str:
+    """A training prompt (chat messages) as a lookup key."""
+    return json.dumps(list(prompt), sort_keys=True, ensure_ascii=False)
+
+
+class WorkerRollouts:
+    """TRL's `rollout_func` on rollout workers (see the module docstring): each prompt of a GRPO batch is looked up
+    to its (user, cut) episode, played by the pool with the trainer's current weights (sampled at the trainer's
+    temperature, `turn_tokens` per turn, `max_completion_length` in all), and returned as token ids, log-probs, the
+    env mask and the scored episode."""
+
+    def __init__(self, pool, stack, env: dict, n_envs: int, turn_tokens: int, seed: int = 0):
+        self.pool, self.stack, self.env, self.n_envs = pool, stack, dict(env), n_envs
+        self.turn_tokens, self.seed = turn_tokens, seed
+        self.episodes: dict[str, tuple[int, int]] = {}
+        self.policy = None
+
+    def index(self, rows: Sequence[dict]) -> None:
+        """Learn which (user, cut) each training prompt belongs to (`rows`: the training dataset's rows)."""
+        for row in rows:
+            self.episodes.setdefault(prompt_key(row["prompt"]), (int(row["user"]), int(row["cut"])))
+
+    def __call__(self, prompts: Sequence, trainer) -> dict:
+        from agents.llm import LLMPolicy
+        from agents.rollout import Generation
+        from agents.workers import tasks_of
+
+        model = trainer.model
+        if self.policy is None or self.policy.model is not model:
+            training = model.training
+            self.policy = LLMPolicy(model, trainer.processing_class)
+            model.train(training)
+        pairs = [self.episodes[prompt_key(p)] for p in prompts]
+        step = trainer.state.global_step
+        tasks = tasks_of([u for u, _ in pairs], [c for _, c in pairs], self.seed + 1_000_003 * step)
+        generation = Generation(trainer.args.temperature, self.turn_tokens, trainer.args.max_completion_length)
+        trajectories = self.pool.trajectories(
+            self.stack, self.env, self.policy, tasks, "train", self.n_envs, generation, version=step
+        )
+        if self.pool.report.get("workers_replaced"):
+            log.warning("GRPO step %d: rollout workers replaced: %s", step, self.pool.report)
+        return {
+            "prompt_ids": [t.prompt_ids for t in trajectories],
+            "completion_ids": [t.completion_ids for t in trajectories],
+            "logprobs": [t.logprobs for t in trajectories],
+            "env_mask": [t.env_mask for t in trajectories],
+            "episode": [t.episode for t in trajectories],
+        }
 
 
 def active_components(env: DeepRecEnv) -> tuple[list[str], list[float]]:
@@ -128,10 +191,12 @@ def train_grpo(
     logging_dir: Path | None = None,
     callbacks: Sequence = (),
     turn_tokens: int | None = None,
+    rollouts: WorkerRollouts | None = None,
 ) -> Path:
     """One GRPO stage from the policy at `policy_path` on train-split `episodes` ((user, cut) pairs); checkpoints
     every `save_steps` in `out_dir` and a rerun resumes from the last one. Returns the final model directory
-    (`out_dir/final`). `turn_tokens`: the tokens one turn may generate (`grpo_config`)."""
+    (`out_dir/final`). `turn_tokens`: the tokens one turn may generate (`grpo_config`). `rollouts`: generation by
+    rollout workers (TRL's `rollout_func`) instead of TRL's own tool loop over `make_env`'s envs."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
@@ -148,14 +213,18 @@ def train_grpo(
     for user, cut in episodes:  # the env renders every prompt; the adapter's reset starts the same episode
         probe.reset(options={"user": int(user), "split": "train", "cut": int(cut)})
         rows.append({"prompt": probe.prompt, "user": int(user), "split": "train", "cut": int(cut)})
+    generation: dict = {"environment_factory": lambda: DeepRecToolEnv(make_env())}
+    if rollouts is not None:
+        rollouts.index(rows)
+        generation = {"rollout_func": rollouts}
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(policy_path),
         reward_funcs=component_rewards(names),
         args=grpo_config(config, probe.config, weights, out_dir, seed, logging_dir, turn_tokens),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        environment_factory=lambda: DeepRecToolEnv(make_env()),
         callbacks=list(callbacks),
+        **generation,
     )
     train_and_save(trainer, resume, final, f"GRPO ({config.reward or 'root reward'})")
     tokenizer.save_pretrained(final)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from transformers import TrainerCallback
 
-from agents.llm import LLMAgent, LLMPolicy, PolicyConfig
-from agents.rollout import play
+from agents.llm import LLMAgentFactory, LLMPolicy, PolicyConfig
+from agents.workers import RolloutPool
 from deeprec_env.metrics import list_ranks, ranking_metrics
 from deeprec_env.stack import Stack
 
@@ -20,14 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def policy_episodes(
-    policy: LLMPolicy, stack: Stack, env: dict, users: Sequence[int], split: str, n_envs: int, progress: bool = False
+    pool: RolloutPool,
+    policy: LLMPolicy | LLMAgentFactory,
+    stack: Stack,
+    env: dict,
+    users: Sequence[int],
+    split: str,
+    n_envs: int,
+    progress: bool = False,
+    version: int | None = None,
 ) -> list:
-    """The policy's episodes (one per user) on `split`, in the stack's env with the `env` overrides."""
-
-    def make_agent(dataset, codec, rec_k):
-        return LLMAgent(dataset, policy, protocol=codec, rec_k=rec_k)
-
-    return play(stack, env, make_agent, list(users), split, n_envs, progress)
+    """The policy's episodes (one per user) on `split`, in the stack's env with the `env` overrides, played by the
+    pool's workers; `version`: a new one sends a factory's current weights to Ray workers."""
+    factory = policy if isinstance(policy, LLMAgentFactory) else LLMAgentFactory(policy)
+    return pool.play(stack, env, factory, list(users), split, n_envs, show_progress=progress, version=version)
 
 
 def validation_scalars(episodes: Sequence) -> dict[str, float]:
@@ -67,8 +73,11 @@ class ValidationCallback(TrainerCallback):
         n_envs: int,
         tag: str,
         history_path: Path,
+        pool: RolloutPool,
     ):
-        self.stack, self.env, self.users, self.every = stack, env, list(users), every
+        self.stack, self.env, self.users, self.every, self.pool = stack, env, list(users), every, pool
+        self.factory: LLMAgentFactory | None = None
+        self.model = None
         self.log_dir, self.policy_config, self.n_envs, self.tag = log_dir, policy_config, n_envs, tag
         self.history_path = history_path
         self.history: list[dict] = json.loads(history_path.read_text())["history"] if history_path.exists() else []
@@ -77,8 +86,13 @@ class ValidationCallback(TrainerCallback):
         from torch.utils.tensorboard import SummaryWriter
 
         was_training = model.training
-        policy = LLMPolicy(model, tokenizer, self.policy_config)
-        episodes = policy_episodes(policy, self.stack, self.env, self.users, "valid", self.n_envs)
+        if self.model is not model:  # one factory per model: Ray workers get its copy once, then weights per step
+            self.factory, self.model = LLMAgentFactory(LLMPolicy(model, tokenizer, self.policy_config)), model
+        model.eval()
+        step = state.global_step
+        episodes = policy_episodes(
+            self.pool, self.factory, self.stack, self.env, self.users, "valid", self.n_envs, version=step
+        )
         model.train(was_training)
         scalars = validation_scalars(episodes)
         # a resumed phase redoes the steps after its checkpoint: their earlier validations are replaced

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,17 +36,6 @@ log = logging.getLogger(__name__)
 MASKED_LOGIT = -1e9  # the logit of a masked action: probability 0 without infinities in the loss
 POLICY_FILE = "tag_policy.json"  # beside a final tag policy: its vocabulary settings and action names
 ENV_NAME = "deeprec-tag-actions"
-
-
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the Ray cluster at `address`, or start Ray on this machine (`num_cpus` logical CPUs, None: all) with its
-    workers at normal priority: Ray nices its workers by default, which starves the env runners of CPU whenever any
-    other process runs beside them."""
-    import ray
-
-    if address is None:
-        os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def make_tag_env(env_config: dict[str, Any]) -> TagActionEnv:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.baselines import text_agent_class
-from agents.rollout import rollout
+from agents.baselines import AgentFactory, text_agent_class
 from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from agents.training.config import WarmStartConfig
 from agents.training.ppo import is_tag_policy, load_tag_agent
+from agents.workers import RolloutPool
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import TOOL_SCHEMA, get_codec, structured_call
 from deeprec_env.stack import Stack
@@ -40,6 +40,7 @@ def sft_messages(episode: Episode) -> list[dict]:
 
 
 def teacher_episodes(
+    pool: RolloutPool,
     stack: Stack,
     env_overrides: dict,
     users: Sequence[int],
@@ -49,25 +50,17 @@ def teacher_episodes(
     cuts: Sequence[int] | None = None,
 ) -> list[Episode]:
     """The teacher's finished episodes, one per user (at its train cut point in `cuts`, if given), on the env's
-    split (the env must use the chat codec). `teacher`: a text agent's name (`agents.baselines.text_agent_class`) or
-    the directory of a trained tag policy (a `final/` of `policy=tag-ppo`), which then plays this env."""
-    envs = stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env_overrides)
-    if envs.config.protocol != "chat":
+    split (the env must use the chat codec), played by the pool's workers. `teacher`: a text agent's name
+    (`agents.baselines.text_agent_class`) or the directory of a trained tag policy (a `final/` of `policy=tag-ppo`),
+    which then plays this env."""
+    config = stack.env_config(**env_overrides)
+    if config.protocol != "chat":
         raise ValueError("warm start needs the chat codec: set trainer.env.protocol=chat")
-    codec, rec_k = envs.config.protocol, envs.config.rec_k
     if is_tag_policy(teacher):
-        make_tag_agent = load_tag_agent(teacher, stack.dataset)
-
-        def make_agent():
-            return make_tag_agent(stack.dataset, codec, rec_k)
-
+        make_agent = load_tag_agent(teacher, stack.dataset)
     else:
-        cls = text_agent_class(teacher)
-
-        def make_agent():
-            return cls(stack.dataset, protocol=codec, rec_k=rec_k, seed=seed)
-
-    return rollout(envs, make_agent, list(users), envs.config.split, cuts=cuts)
+        make_agent = AgentFactory(text_agent_class(teacher), seed=seed)
+    return pool.play(stack, env_overrides, make_agent, list(users), config.split, n_envs, cuts)
 
 
 def training_chat_template(tokenizer) -> str:

@@ -250,8 +250,17 @@ class _RetrieverActor:
     def retrieve(self, histories, queries, k, exclude_history=True):
         return self.retriever.retrieve(histories, queries, k, exclude_history)
 
+    def encode(self, texts):
+        return self.retriever.encoder.encode(texts)
+
     def info(self) -> dict:
-        return {"n_items": self.retriever.n_items, "pid": os.getpid(), "torch_threads": torch.get_num_threads()}
+        encoder = self.retriever.encoder
+        return {
+            "n_items": self.retriever.n_items,
+            "pid": os.getpid(),
+            "torch_threads": torch.get_num_threads(),
+            "encoder_dim": None if encoder is None else encoder.dim,
+        }
 
 
 class RayRetriever:
@@ -351,6 +360,14 @@ class RayRetriever:
     def n_items(self) -> int:
         return self.info()["n_items"]
 
+    def served_encoder(self) -> ServedEncoder:
+        """The actor's sentence encoder as a client with `TextEncoder`'s `encode` and `dim` (the encoder is served
+        once, with the model, to every process holding a handle)."""
+        dim = self.info()["encoder_dim"]
+        if dim is None:
+            raise ValueError("this RayRetriever serves no sentence encoder: launch it with an encoder_factory")
+        return ServedEncoder(self._handle(), dim)
+
     def retrieve(
         self,
         histories: Sequence[Sequence[int]],
@@ -382,6 +399,19 @@ class RayRetriever:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ServedEncoder:
+    """A sentence encoder served by a `RayRetriever`'s actor: `encode(texts)` as `TextEncoder.encode` computes it
+    there (with its cache), `dim`. Picklable; it never owns the actor."""
+
+    def __init__(self, actor: Any, dim: int):
+        self._actor, self.dim = actor, dim
+
+    def encode(self, texts: Sequence[str], **_: Any) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of strings, not a single string")
+        return _ray().get(self._actor.encode.remote([str(t) for t in texts]))
 
 
 def build_retriever(
