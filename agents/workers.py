@@ -16,7 +16,8 @@ served by that same actor (`ServedEncoder`). What a worker needs (a stack's part
 weights) is put in Ray's object store once and fetched by a worker the first time a call names it; an LLM policy's
 weights are put again whenever the caller's version changes (GRPO: every optimizer step). A worker that dies during a
 batch (its process killed, its node lost) is replaced by a new actor and the batch runs again there; each batch's
-result is kept once, so no trajectory is lost or duplicated, and `report` counts the replacements.
+result is kept once, so no trajectory is lost or duplicated. `report` holds the last call's tasks, batches, replaced
+workers, tasks run again, wall time and the time workers spent playing (the rest is Ray's and the driver's overhead).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -163,6 +165,12 @@ class EpisodeWorker:
         envs = stack.make_vector_env(min(n_envs, len(tasks)), autoreset_mode="Disabled", **env)
         return policy_trajectories(envs, llm, tasks, split, generation)
 
+    def timed(self, method: str, *args: Any) -> tuple[float, Any]:
+        """(seconds spent here, result) of one of the methods above: the pool's measure of work against overhead."""
+        started = time.perf_counter()
+        result = getattr(self, method)(*args)
+        return time.perf_counter() - started, result
+
     def forget(self, keys: Sequence[Any]) -> None:
         """Drop the objects of `keys` (and stacks built from them)."""
         for key in keys:
@@ -288,16 +296,19 @@ class RolloutPool:
         size = self.config.tasks_per_batch
         batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         self.report = {"tasks": len(tasks), "batches": len(batches), "workers_replaced": 0, "tasks_rerun": 0}
-        results: list[list | None] = [None] * len(batches)
+        results: list[tuple[float, list] | None] = [None] * len(batches)
         bar = progress(total=len(tasks), desc=f"rollouts ({self.config.backend})", disable=not show_progress)
+        started = time.perf_counter()
         if self._local is not None:
             for index, batch in enumerate(batches):
-                results[index] = getattr(self._local, method)(*head, batch, *tail)
+                results[index] = self._local.timed(method, *head, batch, *tail)
                 bar.update(len(batch))
         else:
             self._run_ray(method, head, batches, tail, results, bar)
         bar.close()
-        return [item for batch in results for item in batch]
+        self.report["wall_s"] = time.perf_counter() - started
+        self.report["worker_s"] = sum(seconds for seconds, _ in results)  # time the workers spent playing
+        return [item for _, batch in results for item in batch]
 
     def _run_ray(self, method: str, head: tuple, batches: list, tail: tuple, results: list, bar) -> None:
         import ray
@@ -310,8 +321,7 @@ class RolloutPool:
         def submit(slot: int) -> None:
             if waiting:
                 index = waiting.pop(0)
-                call = getattr(self._actors[slot], method)
-                running[call.remote(*head, batches[index], *tail)] = (index, slot)
+                running[self._actors[slot].timed.remote(method, *head, batches[index], *tail)] = (index, slot)
 
         for slot in range(len(self._actors)):
             submit(slot)

@@ -469,9 +469,10 @@ def bench_tag_ppo(cfg: DictConfig) -> dict:
 
 def bench_rollouts(cfg: DictConfig) -> dict:
     """Rollouts on the local backend and on Ray with 1 and 2 workers: the scripted agent's episodes per second on
-    `bench.env_episodes` test users (after a warm-up call that starts the workers and ships the stack), the Ray
-    overhead per episode against local, and the wall time of the trainer's evaluation phase (`Run.evaluate`: the
-    policy at `bench.policy` as both compared models, the default untrained tiny one otherwise) local vs 2 workers."""
+    `bench.env_episodes` test users (after a warm-up call that starts the workers and ships the stack), the share of
+    the wall time the workers spent playing and the rest per episode (Ray's and the driver's overhead), and the wall
+    time of the trainer's evaluation phase (`Run.evaluate`: the policy at `bench.policy` as both compared models, the
+    default untrained tiny one otherwise) local vs 2 workers."""
     import tempfile
 
     from omegaconf import open_dict
@@ -495,15 +496,16 @@ def bench_rollouts(cfg: DictConfig) -> dict:
             started = time.perf_counter()
             pool.play(stack, {}, scripted, users[: config.workers], "test", cfg.eval.n_envs)
             warm_up = time.perf_counter() - started
-            started = time.perf_counter()
             pool.play(stack, {}, scripted, users, "test", cfg.eval.n_envs)
-            seconds = time.perf_counter() - started
+            report = pool.report
         result["scripted"][label] = {
-            "episodes_per_s": round(len(users) / seconds, 1),
+            "episodes_per_s": round(len(users) / report["wall_s"], 1),
             "warm_up_s": round(warm_up, 2),
+            "workers_busy": round(report["worker_s"] / (report["wall_s"] * config.workers), 3),
+            "overhead_ms_per_episode": round(
+                1000 * (report["wall_s"] - report["worker_s"] / config.workers) / len(users), 2
+            ),
         }
-    per_episode = {label: len(users) / r["episodes_per_s"] for label, r in result["scripted"].items()}
-    result["ray_overhead_ms_per_episode"] = round(1000 * (per_episode["ray-1"] - per_episode["local"]) / len(users), 2)
     policy = cfg.bench.policy or str(policy_dir(policy_config(cfg.policy), stack.dataset, stack.root))
     models = {"warm-start": policy, "grpo-stage2": policy}
     node = cfg.copy()
