@@ -498,13 +498,12 @@ def bench_rollouts(cfg: DictConfig) -> dict:
             warm_up = time.perf_counter() - started
             pool.play(stack, {}, scripted, users, "test", cfg.eval.n_envs)
             report = pool.report
+        workers = config.workers if config.backend == "ray" else 1
         result["scripted"][label] = {
             "episodes_per_s": round(len(users) / report["wall_s"], 1),
             "warm_up_s": round(warm_up, 2),
-            "workers_busy": round(report["worker_s"] / (report["wall_s"] * config.workers), 3),
-            "overhead_ms_per_episode": round(
-                1000 * (report["wall_s"] - report["worker_s"] / config.workers) / len(users), 2
-            ),
+            "workers_busy": round(report["worker_s"] / (report["wall_s"] * workers), 3),
+            "overhead_ms_per_episode": round(1000 * (report["wall_s"] - report["worker_s"] / workers) / len(users), 2),
         }
     policy = cfg.bench.policy or str(policy_dir(policy_config(cfg.policy), stack.dataset, stack.root))
     models = {"warm-start": policy, "grpo-stage2": policy}
