@@ -364,9 +364,16 @@ def save_policy_settings(directory: Path, dataset: str, env: EnvConfig, policy: 
 
 
 def load_policy_settings(directory: str | Path) -> dict | None:
-    """What `save_policy_settings` recorded for the policy in `directory`, or None for a model trained elsewhere."""
+    """What `save_policy_settings` recorded for the policy in `directory`, or None for a model trained elsewhere. An
+    env field added after the policy was trained reads as its default, the behaviour the policy was trained with."""
+    from dataclasses import asdict
+
     path = Path(directory) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    settings = json.loads(path.read_text())
+    settings["env"] = asdict(EnvConfig()) | settings["env"]
+    return settings
 
 
 def policy_config(node) -> PolicyConfig:

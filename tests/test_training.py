@@ -554,3 +554,22 @@ def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):
     assert set(sections) == {"generation", "tool", "env", "scoring", "other_rollout", "update"}
     assert all(value >= 0 for value in sections.values()), sections  # each section nests where the bench assumes
     assert sum(sections.values()) == pytest.approx(result["step_s"], abs=0.2)
+
+
+def test_a_policy_recorded_before_an_env_field_existed_reads_it_as_its_default(tmp_path):
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from agents.llm import load_policy_settings, save_policy_settings
+    from deeprec_env.config import compose
+    from experiments.evaluate import policy_settings
+
+    env = EnvConfig(protocol="chat", item_refs="handles")
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+        save_policy_settings(tmp_path / name, "ml-100k", env, PolicyConfig())
+    old = json.loads((tmp_path / "old" / "deeprec.json").read_text())
+    for field in ("requests", "request_misleading", "train_cuts"):  # fields added after the old policy was trained
+        del old["env"][field]
+    (tmp_path / "old" / "deeprec.json").write_text(json.dumps(old))
+    assert load_policy_settings(tmp_path / "old") == load_policy_settings(tmp_path / "new")
+    trained_env, _ = policy_settings(compose("config", []), {"a": tmp_path / "old", "b": tmp_path / "new"})
+    assert trained_env["item_refs"] == "handles" and trained_env["requests"] is False
