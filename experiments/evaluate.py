@@ -115,7 +115,10 @@ def id_ranker(
 def command_line_env(cfg: DictConfig) -> dict[str, Any]:
     """The `env` fields the command line (or a preset) set away from EnvConfig's defaults (the split aside)."""
     given, default = dataclasses.asdict(stack_env(cfg)), dataclasses.asdict(EnvConfig())
-    return {k: v for k, v in given.items() if k != "split" and v != default[k]}
+    return {k: v for k, v in given.items() if k not in TRAINING_ONLY and v != default[k]}
+
+
+TRAINING_ONLY = ("split", "train_cuts")  # env fields of a policy's training that shape no evaluation episode
 
 
 def stack_env(cfg: DictConfig) -> EnvConfig:
@@ -139,10 +142,14 @@ def policy_settings(cfg: DictConfig, policies: dict[str, Path]) -> tuple[dict[st
     recorded = {name: s for name, s in recorded.items() if s is not None}
     if not recorded:
         return env, {}
+
+    def evaluated(settings: dict) -> tuple[dict, dict]:  # what shapes an evaluation episode
+        return {k: v for k, v in settings["env"].items() if k not in TRAINING_ONLY}, settings["generation"]
+
     first, *others = recorded.values()
-    if any(s["env"] != first["env"] or s["generation"] != first["generation"] for s in others):
+    if any(evaluated(s) != evaluated(first) for s in others):
         raise SystemExit(f"the policies {sorted(recorded)} were trained with different env or generation settings")
-    trained_env = {k: v for k, v in first["env"].items() if k != "split"}
+    trained_env = evaluated(first)[0]
     policy = dataclasses.asdict(PolicyConfig())
     generation = {k: cfg.policy[k] for k in GENERATION_FIELDS if cfg.policy[k] != policy[k]}
     conflicts = _conflicts(env, trained_env, "env") + _conflicts(generation, first["generation"], "policy")

@@ -556,7 +556,9 @@ def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):
     assert sum(sections.values()) == pytest.approx(result["step_s"], abs=0.2)
 
 
-def test_a_policy_recorded_before_an_env_field_existed_reads_it_as_its_default(tmp_path):
+def test_policies_agree_on_what_shapes_evaluation_episodes_fields_added_later_read_as_defaults(tmp_path):
+    from dataclasses import replace
+
     import experiments.config  # noqa: F401  (registers the experiments schema)
     from agents.llm import load_policy_settings, save_policy_settings
     from deeprec_env.config import compose
@@ -571,5 +573,6 @@ def test_a_policy_recorded_before_an_env_field_existed_reads_it_as_its_default(t
         del old["env"][field]
     (tmp_path / "old" / "deeprec.json").write_text(json.dumps(old))
     assert load_policy_settings(tmp_path / "old") == load_policy_settings(tmp_path / "new")
+    save_policy_settings(tmp_path / "new", "ml-100k", replace(env, train_cuts=5), PolicyConfig())  # train split only
     trained_env, _ = policy_settings(compose("config", []), {"a": tmp_path / "old", "b": tmp_path / "new"})
     assert trained_env["item_refs"] == "handles" and trained_env["requests"] is False
