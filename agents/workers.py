@@ -5,10 +5,10 @@ training, teacher data, GRPO generation) played in this process or by Ray actors
         episodes = pool.play(stack, env, make_agent, users, "test", n_envs=64)
         trajectories = pool.trajectories(stack, env, policy, tasks, "train", Generation(temperature=1.0))
 
-A call splits its tasks ((user, cut, seed) triples) into batches of `tasks_per_batch`, in order; each batch is played
-by one worker (`EpisodeWorker`) through a vector env of the stack, and the results come back in task order. The local
-backend plays the same batches one after the other in this process, so for the same weights a greedy rollout gives
-token for token the same trajectories on either backend.
+A call splits its tasks ((user, cut, seed) triples) into batches, in order, of at most `tasks_per_batch`, and fewer
+when that gives every worker a share; each batch is played by one worker (`EpisodeWorker`) through a vector env of the
+stack, and the results come back in task order. The local backend plays the same batches one after the other in this
+process, so for the same weights a greedy rollout gives token for token the same trajectories on either backend.
 
 With Ray, each worker is an actor holding a copy of the stack's env parts and of the agent or policy. The TRM is
 served once per tool by a `RayRetriever` actor shared by all workers, and the sentence encoder the rewards use is
@@ -49,7 +49,7 @@ class RolloutConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # > 0: each worker's policy generates on a GPU
     threads_per_worker: int = 1  # torch threads in each worker
-    tasks_per_batch: int = 64  # episodes one worker plays per request
+    tasks_per_batch: int = 64  # at most this many episodes per request to one worker
     max_replacements: int = 8  # workers replaced within one call before it fails
 
     def validate(self) -> None:
@@ -293,8 +293,8 @@ class RolloutPool:
         return self._run("trajectories", head, list(tasks), (split, n_envs, generation), False)
 
     def _run(self, method: str, head: tuple, tasks: list, tail: tuple, show_progress: bool) -> list:
-        size = self.config.tasks_per_batch
-        batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        size = min(self.config.tasks_per_batch, -(-len(tasks) // self.config.workers))  # every worker gets a share
+        batches = [tasks[i : i + size] for i in range(0, len(tasks), max(size, 1))]
         self.report = {"tasks": len(tasks), "batches": len(batches), "workers_replaced": 0, "tasks_rerun": 0}
         results: list[tuple[float, list] | None] = [None] * len(batches)
         bar = progress(total=len(tasks), desc=f"rollouts ({self.config.backend})", disable=not show_progress)

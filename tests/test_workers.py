@@ -146,7 +146,8 @@ def test_grpo_stage_runs_on_ray_rollout_workers(ray_session, tmp_path, stack, po
     with ray_pool() as pool:
         rollouts = WorkerRollouts(pool, stack, env, n_envs=4, turn_tokens=24, seed=0)
         final = train_grpo(start, lambda: stack.make_env(**env), episodes, stage, tmp_path / "stage", rollouts=rollouts)
-        assert pool.report["tasks"] == 4  # the last step's batch: 2 prompts x 2 generations
+        # the last step's episodes (2 prompts x 2 generations), one batch for each worker
+        assert (pool.report["tasks"], pool.report["batches"]) == (4, 2)
     state = json.loads(next((tmp_path / "stage").glob("checkpoint-*/trainer_state.json")).read_text())
     logged = [row for row in state["log_history"] if "reward" in row]
     assert len(logged) == 2 and all(np.isfinite(row["reward"]) for row in logged)
