@@ -76,23 +76,24 @@ class EpisodeWorker:
     """Plays batches of tasks for a pool (the body of a Ray actor, or used directly by the local backend). Objects a
     call names by key (stack parts, agent factories, policies, weights) are fetched once and kept."""
 
-    def __init__(self, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, remote: bool = False, threads: int | None = None, device: str = "cpu"):
         if threads is not None:
             configure_threads(threads)
-        self.device = device
+        self.remote, self.device = remote, device
         self.objects: dict[Any, Any] = {}
         self.stacks: dict[Any, Any] = {}
         self.weights_version: dict[Any, Any] = {}
 
     def _fetch(self, key: Any, boxed: list) -> Any:
-        """The object of `key`, fetched from the object store the first time (`boxed`: [ObjectRef] or [object])."""
+        """The object of `key`, kept from the first call that names it (`boxed`: [ObjectRef] in a Ray actor, fetched
+        from the object store; [object] in the local backend)."""
         if key not in self.objects:
-            value = boxed[0]
-            if type(value).__name__ == "ObjectRef":
+            if self.remote:
                 import ray
 
-                value = ray.get(value)
-            self.objects[key] = value
+                self.objects[key] = ray.get(boxed[0])
+            else:
+                self.objects[key] = boxed[0]
         return self.objects[key]
 
     def _stack(self, key: Any, boxed: list):
@@ -171,12 +172,6 @@ class EpisodeWorker:
         result = getattr(self, method)(*args)
         return time.perf_counter() - started, result
 
-    def forget(self, keys: Sequence[Any]) -> None:
-        """Drop the objects of `keys` (and stacks built from them)."""
-        for key in keys:
-            self.objects.pop(key, None)
-            self.stacks.pop(key, None)
-
     def pid(self) -> int:
         return os.getpid()
 
@@ -188,7 +183,7 @@ class RolloutPool:
     def __init__(self, config: RolloutConfig | None = None):
         self.config = config or RolloutConfig()
         self.config.validate()
-        self.report: dict[str, int] = {}
+        self.report: dict[str, float] = {}
         self._keys = itertools.count()
         self._stacks: dict[int, tuple[Any, tuple]] = {}  # id(stack) -> (stack, (key, [parts]))
         self._retrievers: dict[int, Any] = {}  # id(in-process retriever) -> its RayRetriever
@@ -351,7 +346,7 @@ class RolloutPool:
         actor = ray.remote(EpisodeWorker).options(
             num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker, max_restarts=0
         )
-        return actor.remote(config.threads_per_worker, "cuda" if config.gpus_per_worker > 0 else "cpu")
+        return actor.remote(True, config.threads_per_worker, "cuda" if config.gpus_per_worker > 0 else "cpu")
 
     def _start_actors(self) -> None:
         if not self._actors:

@@ -342,7 +342,6 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
     import ray
 
     from agents.training.ppo import is_tag_policy, train_tag_ppo
-    from agents.workers import RolloutPool
 
     cfg = run.cfg
     node = OmegaConf.to_container(cfg, resolve=True)
