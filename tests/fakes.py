@@ -94,6 +94,16 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
     )
 
 
+def chat_stack(dataset):
+    """A chat-codec stack of hand-made parts (`random_stack`): a small random TRM, a hash encoder, the `rec` reward
+    without its point term, 10 items per call and up to 4 calls."""
+    from deeprec_env.config import StackConfig
+    from deeprec_env.env import EnvConfig
+
+    env = EnvConfig(protocol="chat", recall_k=10, max_tool_calls=4)
+    return random_stack(dataset, StackConfig(env=env), {"point": {"weight": 0.0}}, text_dim=16)
+
+
 class CrashOnceAgent(ScriptedAgent):
     """The scripted agent, except that its process dies (`os._exit`) at the first episode of `crash_user` anywhere:
     the file `marker` records that it happened. For tests of rollout workers dying mid-batch."""

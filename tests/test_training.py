@@ -21,7 +21,7 @@ from agents.workers import RolloutPool
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
 from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec, normalize_preference
-from tests.fakes import random_stack, ray_processes, synthetic_dataset
+from tests.fakes import chat_stack, random_stack, ray_processes, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(dataset):
-    """A stack of hand-made parts: a small random TRM, a hash encoder, the `rec` reward without its point term."""
-    env = EnvConfig(protocol="chat", recall_k=10, max_tool_calls=4)
-    return random_stack(dataset, StackConfig(env=env), {"point": {"weight": 0.0}}, text_dim=16)
+    return chat_stack(dataset)
 
 
 @pytest.fixture(scope="module")

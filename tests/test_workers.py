@@ -13,9 +13,7 @@ from agents.baselines import AgentFactory, ScriptedAgent
 from agents.llm import LLMAgentFactory, LLMPolicy, PolicyConfig, tiny_model_config, train_tokenizer
 from agents.rollout import Generation
 from agents.workers import RolloutConfig, RolloutPool, start_ray, tasks_of
-from deeprec_env.config import StackConfig
-from deeprec_env.env import EnvConfig
-from tests.fakes import CrashOnceAgent, random_stack, ray_processes, synthetic_dataset
+from tests.fakes import CrashOnceAgent, chat_stack, ray_processes, synthetic_dataset
 
 GREEDY = Generation(temperature=0.0, turn_tokens=32, max_tokens=160)
 
@@ -39,8 +37,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(dataset):
-    env = EnvConfig(protocol="chat", recall_k=10, max_tool_calls=4)
-    return random_stack(dataset, StackConfig(env=env), {"point": {"weight": 0.0}}, text_dim=16)
+    return chat_stack(dataset)
 
 
 @pytest.fixture(scope="module")
