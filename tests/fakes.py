@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -120,6 +121,15 @@ class CrashOnceAgent(ScriptedAgent):
 
 
 def ray_processes() -> set[str]:
-    """Ray's processes now running on this machine (pid and command line)."""
+    """Ray's processes now running on this machine (pid and command line; exited ones not yet reaped left out)."""
     found = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
-    return {line for line in found.splitlines() if "pgrep" not in line}
+    return {line for line in found.splitlines() if "pgrep" not in line and "<defunct>" not in line}
+
+
+def ray_processes_left(before: set[str], wait: float = 10.0) -> set[str]:
+    """The Ray processes running now that were not in `before`, after waiting up to `wait` seconds for them to exit
+    (a shut-down Ray's processes end shortly after `ray.shutdown` returns)."""
+    deadline = time.monotonic() + wait
+    while (left := ray_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

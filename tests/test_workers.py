@@ -13,7 +13,7 @@ from agents.baselines import AgentFactory, ScriptedAgent
 from agents.llm import LLMAgentFactory, LLMPolicy, PolicyConfig, tiny_model_config, train_tokenizer
 from agents.rollout import Generation
 from agents.workers import RolloutConfig, RolloutPool, start_ray, tasks_of
-from tests.fakes import CrashOnceAgent, chat_stack, ray_processes, synthetic_dataset
+from tests.fakes import CrashOnceAgent, chat_stack, ray_processes, ray_processes_left, synthetic_dataset
 
 GREEDY = Generation(temperature=0.0, turn_tokens=32, max_tokens=160)
 
@@ -27,7 +27,7 @@ def ray_session():
     assert start_ray(None, 2)
     yield
     ray.shutdown()
-    assert ray_processes() <= before
+    assert not ray_processes_left(before)
 
 
 @pytest.fixture(scope="module")
