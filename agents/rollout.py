@@ -133,7 +133,7 @@ def policy_trajectories(
     generates for all running episodes in one batch (sampling seeded with the group's first task seed), decodes
     each new segment, steps it through the env and appends the env's reply as tokens. `policy`: an
     `agents.llm.LLMPolicy` (its model is put in eval mode while generating and restored)."""
-    if envs.autoreset_mode.value != "Disabled" or not envs.config.protocol == "chat":
+    if envs.autoreset_mode.value != "Disabled" or envs.config.protocol != "chat":
         raise ValueError("policy_trajectories needs a chat-codec vector env with autoreset_mode='Disabled'")
     out: list[Trajectory] = []
     model, tokenizer = policy.model, policy.tokenizer

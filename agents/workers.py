@@ -119,27 +119,27 @@ class EpisodeWorker:
         if boxed[0] is None or self.weights_version.get(key) == version:
             return
         state = self._fetch(("weights", key, version), boxed)
-        policy = self.objects[key]
-        policy = getattr(policy, "policy", policy)
-        policy.model.load_state_dict(state)
+        policy_model(self.objects[key]).load_state_dict(state)
         self.objects.pop(("weights", key, self.weights_version.get(key)), None)
         self.weights_version[key] = version
 
-    def _policy_on_device(self, value: Any) -> None:
-        policy = getattr(value, "policy", value)
-        if hasattr(policy, "model"):
-            policy.model.to(self.device)
+    def _setup(self, stack: tuple, env: dict, actor: tuple, weights: tuple, n_envs: int) -> tuple:
+        """(stack, agent factory or policy, vector env) of a call: the objects it names, the policy's weights loaded
+        and on this worker's device, and `n_envs` sub-envs of the stack's env with the `env` overrides."""
+        stack = self._stack(*stack)
+        value = self._fetch(*actor)
+        self._with_weights(actor[0], weights)
+        model = policy_model(value)
+        if model is not None:
+            model.to(self.device)
+        return stack, value, stack.make_vector_env(n_envs, autoreset_mode="Disabled", **env)
 
     def play(
         self, stack: tuple, env: dict, agent: tuple, weights: tuple, tasks: Sequence[Task], split: str, n_envs: int
     ) -> list:
         """The episodes of the agent factory `agent` = (key, [factory]) on `tasks` (`agents.rollout.rollout`);
         `weights` = (version, [state dict or None]) for a factory's LLM policy."""
-        stack = self._stack(*stack)
-        make_agent = self._fetch(*agent)
-        self._with_weights(agent[0], weights)
-        self._policy_on_device(make_agent)
-        envs = stack.make_vector_env(min(n_envs, len(tasks)), autoreset_mode="Disabled", **env)
+        stack, make_agent, envs = self._setup(stack, env, agent, weights, min(n_envs, len(tasks)))
         config = envs.config
         users, cuts = [t[0] for t in tasks], [t[1] for t in tasks]
         return rollout(
@@ -159,11 +159,7 @@ class EpisodeWorker:
     ) -> list[Trajectory]:
         """The token trajectories of the LLM policy `policy` = (key, [LLMPolicy]) with `weights` on `tasks`
         (`agents.rollout.policy_trajectories`)."""
-        stack = self._stack(*stack)
-        llm = self._fetch(*policy)
-        self._with_weights(policy[0], weights)
-        self._policy_on_device(llm)
-        envs = stack.make_vector_env(min(n_envs, len(tasks)), autoreset_mode="Disabled", **env)
+        _, llm, envs = self._setup(stack, env, policy, weights, min(n_envs, len(tasks)))
         return policy_trajectories(envs, llm, tasks, split, generation)
 
     def timed(self, method: str, *args: Any) -> tuple[float, Any]:
@@ -240,7 +236,7 @@ class RolloutPool:
         if key not in self._shipped:
             for old in [k for k in self._shipped if isinstance(k, tuple) and k[:2] == (id(value), "weights")]:
                 del self._shipped[old]
-            model = getattr(value, "policy", value).model
+            model = policy_model(value)
             state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
             self._shipped[key] = (None, (version, self._put(state)))
         return self._shipped[key][1]
@@ -412,6 +408,12 @@ def rollout_pool(config: RolloutConfig, address: str | None = None, num_cpus: in
             import ray
 
             ray.shutdown()
+
+
+def policy_model(value: Any):
+    """The model of the LLM policy in `value` (an `LLMPolicy`, or an agent factory holding one as `.policy`), or None
+    for agents without one."""
+    return getattr(getattr(value, "policy", value), "model", None)
 
 
 def tasks_of(users: Sequence[int], cuts: Sequence[int] | None, seed: int) -> list[Task]:

@@ -17,14 +17,9 @@ from hypothesis import strategies as st
 from agents.rollout import rollout
 from agents.tag_actions import ANSWER_RULES, TagActionAgent, TagActionEnv, TagVocabulary, action_names
 from agents.workers import RolloutPool
-from tests.fakes import random_stack, ray_processes, ray_processes_left, synthetic_dataset
+from tests.fakes import random_stack, ray_processes, ray_processes_left
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthetic_dataset(tmp_path_factory.mktemp("artifacts"), n_users=60, n_items=80)
 
 
 @pytest.fixture(scope="module")

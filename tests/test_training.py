@@ -21,14 +21,9 @@ from agents.workers import RolloutPool
 from deeprec_env.config import StackConfig
 from deeprec_env.env import EnvConfig
 from deeprec_env.protocol import ALL_TAGS, PROBLEM_NO_TOOL_CALL, TOOL_SCHEMA, ChatCodec, normalize_preference
-from tests.fakes import chat_stack, random_stack, ray_processes, ray_processes_left, synthetic_dataset
+from tests.fakes import chat_stack, random_stack, ray_processes, ray_processes_left
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthetic_dataset(tmp_path_factory.mktemp("artifacts"), n_users=60, n_items=80)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from agents.baselines import AgentFactory, ScriptedAgent
 from agents.llm import LLMAgentFactory, LLMPolicy, PolicyConfig, tiny_model_config, train_tokenizer
 from agents.rollout import Generation
 from agents.workers import RolloutConfig, RolloutPool, start_ray, tasks_of
-from tests.fakes import CrashOnceAgent, chat_stack, ray_processes, ray_processes_left, synthetic_dataset
+from tests.fakes import CrashOnceAgent, chat_stack, ray_processes, ray_processes_left
 
 GREEDY = Generation(temperature=0.0, turn_tokens=32, max_tokens=160)
 
@@ -28,11 +28,6 @@ def ray_session():
     yield
     ray.shutdown()
     assert not ray_processes_left(before)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthetic_dataset(tmp_path_factory.mktemp("artifacts"), n_users=40, n_items=60)
 
 
 @pytest.fixture(scope="module")
