@@ -3,7 +3,9 @@ environment's text interface exactly as an LLM would: they write protocol segmen
 
 Text agents (`TextAgent`): `reset(observation, info)` at the prompt, then `act(observation, info) -> segment`
 once per turn. They read the user's history from the prompt (the numbered item cards), never from the dataset's
-splits; only `oracle` is told the target (it is an upper bound).
+splits; only `oracle` is told the target (it is an upper bound). With the RecGPT options on (`info["interests"]`,
+`info["explanations"]`), the teachers state the user's interests before their first call (the aspect shares of the
+shown history and of its last items) and give every answer line a reason (what the item shares with the history).
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ import numpy as np
 
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Scorer
-from deeprec_env.protocol import THINK_CLOSE, Codec, TitleMatcher, get_codec, item_handles
+from deeprec_env.protocol import (
+    THINK_CLOSE,
+    Codec,
+    TitleMatcher,
+    get_codec,
+    item_handles,
+    render_interests,
+    with_reason,
+)
+from deeprec_env.protocol.interests import normalize_tag
 from deeprec_env.trm.queries import item_aspects, query_phrasings
+from rewards.components import aspect_shares
 
 
 def popularity_scorer(dataset: RecDataset) -> Scorer:
@@ -83,11 +95,51 @@ class TextAgent:
 
     def answer(self, items: Sequence[int], reasoning: str, info: dict | None = None) -> str:
         """The final segment naming the first rec_k items: by their handles where the env gives items handles
-        (`info["item_refs"]`, the retrieved items of `info["tool_calls"]`), by title otherwise."""
+        (`info["item_refs"]`, the retrieved items of `info["tool_calls"]`), by title otherwise; each with a reason
+        when the env asks for them (`info["explanations"]`)."""
+        info = info or {}
         handles = {}
-        if info and info.get("item_refs") == "handles":
+        if info.get("item_refs") == "handles":
             handles = item_handles(i for call in info["tool_calls"] for i in call["item_ids"])
-        return self.answer_lines([handles.get(i) or self.title(i) for i in items[: self.rec_k]], reasoning)
+        lines = [handles.get(i) or self.title(i) for i in items[: self.rec_k]]
+        if info.get("explanations"):
+            lines = [with_reason(line, why) for line, why in zip(lines, self.reasons(items[: self.rec_k]), strict=True)]
+        return self.answer_lines(lines, reasoning)
+
+    def aspects(self, item: int) -> list[str]:
+        """The item's aspects as interest tags (`protocol.interests.normalize_tag`)."""
+        return [normalize_tag(a) for a in item_aspects(self.dataset, item)]
+
+    def interests(self, info: dict, max_tags: int = 5, recent_items: int = 5) -> str:
+        """The interest block (`protocol.interests`) when the env asks for it (`info["interests"]`), else "": the
+        shares of the `max_tags` most frequent aspects of the shown history and of its last `recent_items` items."""
+        if not info.get("interests") or not self.history:
+            return ""
+        table = {item: self.aspects(item) for item in self.history}
+        long_term = aspect_shares(self.history, table, max_tags)
+        recent = aspect_shares(self.history[-recent_items:], table, max_tags)
+        return render_interests(list(long_term.items()), list(recent.items())) + "\n"
+
+    def reasons(self, items: Sequence[int]) -> list[str]:
+        """Why each item suits this user, one sentence each: up to two aspects it shares with the history and the
+        most recent history title sharing the most of them (one not named for an earlier line where another shares
+        as many); the item's own aspects where it shares none."""
+        named: set[int] = set()
+        out = []
+        for item in items:
+            own = self.aspects(item)
+            best, shared = None, []
+            for past in reversed(self.history):
+                common = [a for a in own if a in self.aspects(past)]
+                fresh_tie = len(common) == len(shared) and best in named and past not in named
+                if past != item and common and (len(common) > len(shared) or fresh_tie):
+                    best, shared = past, common
+            if best is None:
+                out.append(f"{' and '.join(own[:2]) or 'something'} for a change from your usual picks")
+                continue
+            named.add(best)
+            out.append(f"{' and '.join(shared[:2])}, like {self.dataset.items[best].title}, which you chose before")
+        return out
 
     def act(self, observation: str, info: dict) -> str:
         raise NotImplementedError
@@ -113,7 +165,8 @@ class TRMAgent(TextAgent):
 
     def act(self, observation: str, info: dict) -> str:
         if not info.get("n_tool_calls"):
-            return f"I will ask the recommender without a preference.\n{self.codec.render_tool_call('')}"
+            opening = f"{self.interests(info)}I will ask the recommender without a preference."
+            return f"{opening}\n{self.codec.render_tool_call('')}"
         return self.answer(info["tool_calls"][-1]["item_ids"], "The recommender's list is my answer.", info)
 
 
@@ -155,6 +208,7 @@ class ScriptedAgent(TextAgent):
             self.queries = self.plan()
         if calls < len(self.queries):
             reasoning, preference = self.queries[calls]
+            reasoning = f"{self.interests(info)}{reasoning}" if calls == 0 else reasoning
             return f"{reasoning}\n{self.codec.render_tool_call(preference)}"
         ranked = self.fused(info)
         return self.answer(ranked, self.ranking_reasoning(len(ranked), calls), info)

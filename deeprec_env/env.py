@@ -2,7 +2,8 @@
 
 One episode: `reset` picks a user (seeded; `options={"split": ..., "user": ..., "cut": ...}`, the split defaulting to
 `config.split`, "train", the train cut point drawn among `config.train_cuts`) and renders the prompt: instructions, the
-user's recent history as item cards and, with `config.requests`, the user's request (`deeprec_env.requests`). The agent
+user's recent history as item cards, with `config.profile` the user's profile card (`deeprec_env.data.profiles`) and,
+with `config.requests`, the user's request (`deeprec_env.requests`). The agent
 then writes segments; `step(segment)` cleans one (`protocol.clean_text`: invalid code points replaced, invisible and
 control characters removed, before anything is parsed or "empty") and parses it with the configured codec
 (`deeprec_env.protocol`):
@@ -13,7 +14,9 @@ control characters removed, before anything is parsed or "empty") and parses it 
   fails on (logged) gets an error result and counts in `Episode.n_failed_calls`;
 * answer: the lines are matched to item ids (titles: items retrieved in this episode win ties; with `item_refs:
   handles` tool results lead each item with its handle `#N` and a line starting with one names that item exactly,
-  `deeprec_env.protocol.handles`), the format is checked, the episode is scored and terminates;
+  `deeprec_env.protocol.handles`; with `explanations` each line's reason after " -- " is split off first and kept in
+  `Episode.answer_reasons`), the format is checked, the episode is scored and terminates (with `interests`, the last
+  interest block the agent wrote is parsed into `Episode.interests` first);
 * malformed (neither): counted in `Episode.n_malformed`; the observation is a one-line hint; the episode goes on.
 
 Any string is a valid action (the chat codec also takes an assistant message dict, every string in it cleaned);
@@ -36,9 +39,9 @@ list of messages (`json.dumps`): the prompt messages at reset, then the messages
 The step that ends an episode returns "" (or the final tool result when a limit was reached by it).
 
 Info: every step has `user`, `split`, `turn`, `n_tool_calls`, `tool_calls` ([{"preference", "item_ids"}]), `n_tokens`,
-`item_refs` and `request` (the user's request, "" without `requests`); chat adds `messages` (the whole conversation)
-and, at reset, `tools` (the tool schema). The step that ends an episode adds `deeprec`: the scored `Episode` record. No
-key collides with Gymnasium's wrappers.
+`item_refs`, `request` (the user's request, "" without `requests`), `interests` and `explanations` (the options); chat
+adds `messages` (the whole conversation) and, at reset, `tools` (the tool schema). The step that ends an episode adds
+`deeprec`: the scored `Episode` record. No key collides with Gymnasium's wrappers.
 
 Rewards: `reward_fn(episode)` returns an object with `.total`, `.terms` and optionally `.unweighted` (a
 `rewards.HierarchicalReward` with its context bound; this module never imports `rewards`). The total is paid by the
@@ -89,8 +92,11 @@ from deeprec_env.protocol import (
     format_problems,
     get_codec,
     item_cards,
+    parse_interests,
     render_assistant_message,
+    split_reason,
 )
+from deeprec_env.protocol.text import hollow_blocks
 from deeprec_env.protocol.tool import content_text, requests_of_message, tool_request
 from deeprec_env.requests import user_request
 from deeprec_env.spaces import TextSpace
@@ -121,6 +127,9 @@ class EnvConfig:
     requests: bool = False  # the prompt carries a user request synthesized from the target (deeprec_env.requests)
     request_uninformative: float = 0.2  # share of requests that say nothing about any item
     request_misleading: float = 0.2  # share of requests that state another item's aspects
+    profile: bool = False  # the prompt carries the user's profile card (datasets with user features)
+    interests: bool = False  # the agent states the user's interests as weighted tags (protocol.interests)
+    explanations: bool = False  # answer lines may carry a reason after " -- " (protocol.reasons)
 
     def validate(self) -> None:
         """One clear error line for a bad value."""
@@ -243,6 +252,11 @@ class DeepRecEnv(gymnasium.Env[str, str]):
     ):
         self.config = config = config if config is not None else EnvConfig()
         config.validate()
+        if config.profile and not any(dataset.profiles):
+            raise ValueError(
+                f"dataset {dataset.name!r} has no user features for env.profile; set env.profile=false (profiles: "
+                "synthetic, and ml-100k / ml-1m with their u.user / users.dat)"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unknown render_mode {render_mode!r}; use one of {self.metadata['render_modes']}")
         self.dataset = dataset
@@ -311,7 +325,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             shares = (self.config.request_uninformative, self.config.request_misleading)
             request = user_request(self.dataset, split, user, int(cut), target, *shares)
         cards = item_cards(self.dataset, shown, self.config.card_chars)
-        self._prompt = self.codec.render_prompt(cards, self.config, request.text if request else "")
+        profile = self.dataset.profiles[user] if self.config.profile else ""
+        self._prompt = self.codec.render_prompt(cards, self.config, request.text if request else "", profile)
         self._episode = Episode(
             user=user,
             split=split,
@@ -320,6 +335,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             cut=int(cut),
             request=request.text if request else "",
             request_kind=request.kind if request else "",
+            profile=profile,
             rec_k=self.config.rec_k,
             codec=self.codec.name,
             prompt=self._prompt,
@@ -546,7 +562,12 @@ class DeepRecEnv(gymnasium.Env[str, str]):
     def _match_answer(self, lines: Sequence[str]) -> None:
         ep = self._episode
         handles = {name: item for item, name in ep.handles.items()} if self.config.item_refs == "handles" else None
-        match = self.matcher.match_answer(lines, preferred=ep.retrieved, handles=handles)
+        named = lines
+        if self.config.explanations:
+            split = [split_reason(line) for line in lines]
+            named = [item for item, _ in split]
+            ep.answer_reasons = tuple(reason for _, reason in split)
+        match = self.matcher.match_answer(named, preferred=ep.retrieved, handles=handles)
         ep.answer_lines = tuple(lines)
         ep.answer_ids = match.item_ids
         ep.ranked_ids = match.ranked_ids
@@ -573,6 +594,9 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         prompt_and_transcript = [*self._prompt, *ep.transcript] if self.chat else self._prompt + ep.transcript
         problems = format_problems(prompt_and_transcript, ep.answer_lines, len(ep.tool_calls), ep.rec_k, self.codec)
         ep.format_problems = tuple(problems)
+        if self.config.interests:  # the agent's own text only: tool results are the env's
+            written = self.codec.solution(prompt_and_transcript)
+            ep.interests = parse_interests(hollow_blocks(written, *self.codec.result_tags))
         if self.reward_fn is not None:
             breakdown = self.reward_fn(ep)
             ep.reward_total = float(breakdown.total)
@@ -600,6 +624,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             "n_tokens": ep.n_tokens,
             "item_refs": self.config.item_refs,
             "request": ep.request,
+            "interests": self.config.interests,
+            "explanations": self.config.explanations,
         }
         if self.chat:
             info["messages"] = self._messages()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deeprec_env.protocol.handles import item_handles
+from deeprec_env.protocol.interests import Interests
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,15 @@ class Episode:
     cut: int = 0  # train split: how many training items before the third to last the target lies
     request: str = ""  # the user's request shown in the prompt (env.requests), "" without one
     request_kind: str = ""  # informative | uninformative | misleading (deeprec_env.requests)
+    profile: str = ""  # the user's profile card shown in the prompt (env.profile), "" without one
     prompt: str | list[dict] = ""  # what the agent was shown first: the prompt text (tags) or messages (chat)
     transcript: str | list[dict] = ""  # agent-side text (tags) or messages (chat) after the prompt
     tool_calls: list[ToolCall] = field(default_factory=list)
     answer_lines: tuple[str, ...] | None = None  # None: the agent never answered
     answer_ids: tuple[int | None, ...] = ()  # per answer line: matched item id, None for invalid/duplicate
     ranked_ids: tuple[int, ...] = ()  # valid, de-duplicated answer items in order
+    answer_reasons: tuple[str, ...] = ()  # per answer line, its reason (env.explanations; "" when it gave none)
+    interests: Interests | None = None  # the last interest block the agent wrote (env.interests), None without one
     n_invalid: int = 0
     n_duplicate: int = 0
     format_problems: tuple[str, ...] = ()

@@ -202,7 +202,8 @@ class Stack:
 
 def bind_reward(node: Any, stack: Stack) -> BoundReward:
     """The reward of a `reward` config node with its context bound: the encoder, item text embeddings, TRM item
-    vectors, item aspects and the title matcher (to tell a query that names an item)."""
+    vectors, item aspects, the title matcher (to tell a query that names an item), the users' latent interests where
+    the dataset knows them (synthetic) and, when the explanation term is on, the judge."""
     import numpy as np
     import torch
 
@@ -216,15 +217,29 @@ def bind_reward(node: Any, stack: Stack) -> BoundReward:
     vectors = np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
     vectors[0] = 0.0
     item_text = item_text_embeddings(stack.dataset, stack.encoder, stack.root)
+    config = load_reward_config(node)
     context = RewardContext(
         encoder=stack.encoder,
         item_text=np.asarray(item_text, np.float32),
         item_vectors=vectors,
         item_aspects=aspect_table(stack.dataset),
         names_item=stack.matcher.names_item,
+        latent_interests=latent_interests(stack.dataset),
+        judge=stack.judge if config.explanation.weight else None,
     )
-    config = load_reward_config(node)
     return BoundReward(build_reward(config), context, config)
+
+
+def latent_interests(dataset: RecDataset) -> list[dict[str, float]] | None:
+    """Per user id, the synthetic users' latent category mixture as {category in lower case: weight}; None for a
+    dataset that does not know its users' interests."""
+    if "user_preferences" not in dataset.extras:
+        return None
+    from deeprec_env.data.synthetic import synthetic_category_names
+
+    preferences = dataset.extras["user_preferences"]
+    names = [name.lower() for name in synthetic_category_names(preferences.shape[1])]
+    return [{n: float(w) for n, w in zip(names, row, strict=True) if w > 0} for row in preferences]
 
 
 def stack_config(cfg: Any) -> StackConfig:

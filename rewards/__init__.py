@@ -1,5 +1,6 @@
 """Hierarchical reward for DeepRec episodes: process terms (format, tool use, query diversity) and outcome terms
-(hit + rank, point-wise similarity), combined with weights and a format gate.
+(hit + rank, point-wise similarity), and the RecGPT terms (interests, judged explanations), combined with weights and a
+format gate.
 
     reward = build_reward(cfg.reward)                  # presets: configs/reward/{cold,rec,cold-paper,rec-paper}.yaml
     context = RewardContext(encoder, item_text, item_vectors)
@@ -15,10 +16,12 @@ from rewards.components import (
     Component,
     DiversityReward,
     DuplicatePenalty,
+    ExplanationReward,
     FormatReward,
     GroundingReward,
     HistoryPenalty,
     HitRankReward,
+    InterestReward,
     InvalidPenalty,
     InvocationReward,
     Level,
@@ -36,6 +39,7 @@ from rewards.hierarchical import (
     HierarchicalReward,
     HitRankConfig,
     InformativeConfig,
+    InterestConfig,
     InvocationConfig,
     PointConfig,
     RewardBreakdown,
@@ -54,6 +58,7 @@ __all__ = [
     "DiversityConfig",
     "DiversityReward",
     "DuplicatePenalty",
+    "ExplanationReward",
     "ExtraConfig",
     "FormatConfig",
     "FormatReward",
@@ -63,6 +68,8 @@ __all__ = [
     "HitRankConfig",
     "HitRankReward",
     "InformativeConfig",
+    "InterestConfig",
+    "InterestReward",
     "InvalidPenalty",
     "InvocationConfig",
     "InvocationReward",

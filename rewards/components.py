@@ -19,6 +19,10 @@ weight 1.0 with the default parameters, and an ablation changes weights only.
 | invalid_penalty   | process | -n_invalid / rec_k (extra)                                       | <= 0               |
 | duplicate_penalty | process | -n_duplicate / rec_k (extra)                                     | <= 0               |
 | history_penalty   | outcome | -(share of valid answer items in the history) (extra)            | [-1, 0]            |
+| interest          | process | 1 - mean total-variation distance of stated to true interests    | [0, 1]             |
+| explanation       | outcome | (1/rec_k) sum over lines of the judge's overall score of reasons | [0, 1]             |
+
+`interest` and `explanation` are the RecGPT terms (off by default; the `recgpt` preset turns them on).
 
 `calls` and the preferences are the executed tool calls that count under the component's `calls` rule: "all" (the
 paper), "non_empty" (a letter or digit in the preference) or "informative" (`CallCounter`: the call names
@@ -39,19 +43,25 @@ Guard rails against reward hacking (docs/rewards.md; the probe each one answers 
   other than the target score 0 (`exclude_history`): they are close to the target by construction but are not
   recommendations [listing history items]. `clip_negative=False, exclude_history=False` is the paper's formula.
 - hit_rank and ndcg only look at the first rec_k lines [pasting every retrieved item].
+- interest counts only the first `max_tags` tags of each part and compares them with the user's top `max_tags`, so
+  listing every tag spreads weight over tags the user does not favour [every tag], and a title is no tag [copied
+  history titles].
+- explanation divides by rec_k, so a missing or invalid line's reason earns nothing; the judge scores faithfulness,
+  personalisation and specificity (`rewards.judge`) [explanation stuffing, copied cards, generic praise].
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from deeprec_env.episode import Episode
+from deeprec_env.protocol.interests import normalize_tag
 
 Level = Literal["process", "outcome"]
 LEVELS: tuple[str, ...] = ("process", "outcome")
@@ -70,6 +80,9 @@ class RewardContext:
         needed by informative-call counting.
     names_item: text -> whether it names a catalogue item (e.g. `TitleMatcher.match(text) is not None`); needed by
         informative-call counting.
+    latent_interests: per user id, the user's true interests {tag: weight} where a dataset knows them (synthetic);
+        `interest` then scores the long-term part against them instead of the history's shares.
+    judge: a `rewards.judge.Judge` (case -> per-line scores); needed by `explanation`.
     """
 
     encoder: Any = None
@@ -77,6 +90,8 @@ class RewardContext:
     item_vectors: np.ndarray | None = None
     item_aspects: Sequence[Sequence[str]] | None = None
     names_item: Callable[[str], bool] | None = None
+    latent_interests: Sequence[Mapping[str, float]] | None = None
+    judge: Any = None
 
     def __post_init__(self) -> None:
         for name in ("item_text", "item_vectors"):
@@ -442,3 +457,95 @@ class HistoryPenalty(Component):
             return 0.0
         history = set(np.asarray(episode.history).tolist()) - {episode.target}
         return -sum(item in history for item in ranked) / len(ranked)
+
+
+def aspect_shares(items: Sequence[int], item_aspects: Sequence[Sequence[str]], top: int) -> dict[str, float]:
+    """The `top` most frequent aspects over `items` (ties by name), with their counts renormalised to sum to 1."""
+    counts: dict[str, int] = {}
+    for item in items:
+        for aspect in dict.fromkeys(normalize_tag(a) for a in item_aspects[int(item)]):
+            counts[aspect] = counts.get(aspect, 0) + 1
+    kept = sorted(counts, key=lambda a: (-counts[a], a))[:top]
+    total = sum(counts[a] for a in kept)
+    return {a: counts[a] / total for a in kept}
+
+
+def stated_shares(entries: Sequence[tuple[str, float]], top: int) -> dict[str, float]:
+    """The first `top` stated tags (a repeated tag adds up), weights renormalised; {} when they weigh nothing."""
+    weights: dict[str, float] = {}
+    for tag, weight in entries[:top]:
+        weights[tag] = weights.get(tag, 0.0) + max(float(weight), 0.0)
+    total = sum(weights.values())
+    return {t: w / total for t, w in weights.items()} if total > 0 and math.isfinite(total) else {}
+
+
+def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """Half the L1 distance between two distributions over tags (tags missing from one weigh 0 there)."""
+    return 0.5 * sum(abs(p.get(t, 0.0) - q.get(t, 0.0)) for t in set(p) | set(q))
+
+
+class InterestReward(Component):
+    """How well the agent's interest block (`Episode.interests`) matches the user: per part (long term: the whole
+    history, or the user's latent interests where the context knows them; recent: the last `recent_items` history
+    items), 1 - total variation between the stated weights of the first `max_tags` tags and the shares of the user's
+    `max_tags` most frequent aspects; the mean over the two parts. 0 without a block; a part that states nothing
+    scores 0."""
+
+    name = "interest"
+    level = "process"
+
+    def __init__(self, weight: float = 0.0, max_tags: int = 5, recent_items: int = 5) -> None:
+        super().__init__(weight)
+        self.max_tags = int(max_tags)
+        self.recent_items = int(recent_items)
+
+    def truth(self, episode: Episode, context: RewardContext) -> dict[str, dict[str, float]]:
+        """The true shares per part."""
+        if context.item_aspects is None:
+            raise ValueError("the interest reward needs RewardContext.item_aspects")
+        history = np.asarray(episode.history)
+        long_term = aspect_shares(history, context.item_aspects, self.max_tags)
+        if context.latent_interests is not None:
+            latent = context.latent_interests[episode.user]
+            long_term = stated_shares(sorted(latent.items(), key=lambda kv: (-kv[1], kv[0])), self.max_tags)
+        recent = aspect_shares(history[-self.recent_items :], context.item_aspects, self.max_tags)
+        return {"long_term": long_term, "recent": recent}
+
+    def __call__(self, episode: Episode, context: RewardContext) -> float:
+        if episode.interests is None:
+            return 0.0
+        scores = []
+        for part, truth in self.truth(episode, context).items():
+            stated = stated_shares(episode.interests.part(part), self.max_tags)
+            scores.append(1.0 - total_variation(stated, truth) if stated and truth else 0.0)
+        return float(np.mean(scores))
+
+
+class ExplanationReward(Component):
+    """The judged quality of the answer's reasons (`Episode.answer_reasons`): the judge's overall score
+    (`rewards.judge.overall`) summed over the first rec_k lines that name a valid, new item and give a reason, divided
+    by rec_k. 0 without reasons."""
+
+    name = "explanation"
+    level = "outcome"
+
+    def __call__(self, episode: Episode, context: RewardContext) -> float:
+        from rewards.judge import JudgeCase, overall
+
+        if context.judge is None:
+            raise ValueError("the explanation reward needs a judge (RewardContext.judge; see rewards.judge)")
+        lines = [
+            (item, reason)
+            for item, reason in zip(episode.answer_ids[: episode.rec_k], episode.answer_reasons, strict=False)
+            if item is not None and item > 0 and reason
+        ]
+        if not lines:
+            return 0.0
+        case = JudgeCase(
+            items=tuple(int(i) for i, _ in lines),
+            reasons=tuple(r for _, r in lines),
+            history=tuple(int(i) for i in np.asarray(episode.history)),
+            profile=episode.profile,
+            request=episode.request,
+        )
+        return float(overall(context.judge(case)).sum()) / max(episode.rec_k, 1)

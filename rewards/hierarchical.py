@@ -29,10 +29,12 @@ from rewards.components import (
     CallCounter,
     DiversityReward,
     DuplicatePenalty,
+    ExplanationReward,
     FormatReward,
     GroundingReward,
     HistoryPenalty,
     HitRankReward,
+    InterestReward,
     InvalidPenalty,
     InvocationReward,
     Level,
@@ -187,6 +189,13 @@ class ExtraConfig:
 
 
 @dataclass
+class InterestConfig:
+    weight: float = 0.0
+    max_tags: int = 5  # tags per part that count, and the user's top tags they are compared with
+    recent_items: int = 5  # the history's last items that make the recent part
+
+
+@dataclass
 class RewardConfig:
     """Every component's weight and parameters. The defaults are the paper's six terms all on (weight 1) with the
     guards on and the extras off; the presets (configs/reward/*.yaml) choose the terms and weights of each stage."""
@@ -204,6 +213,8 @@ class RewardConfig:
     invalid_penalty: ExtraConfig = field(default_factory=ExtraConfig)
     duplicate_penalty: ExtraConfig = field(default_factory=ExtraConfig)
     history_penalty: ExtraConfig = field(default_factory=ExtraConfig)
+    interest: InterestConfig = field(default_factory=InterestConfig)
+    explanation: ExtraConfig = field(default_factory=ExtraConfig)
 
 
 def load_reward_config(node: Any = None) -> RewardConfig:
@@ -248,5 +259,7 @@ def build_reward(config: RewardConfig | Mapping[str, Any] | Any = None) -> Hiera
         InvalidPenalty(c.invalid_penalty.weight),
         DuplicatePenalty(c.duplicate_penalty.weight),
         HistoryPenalty(c.history_penalty.weight),
+        InterestReward(c.interest.weight, max_tags=c.interest.max_tags, recent_items=c.interest.recent_items),
+        ExplanationReward(c.explanation.weight),
     ]
     return HierarchicalReward(components, format_gate=c.format_gate)

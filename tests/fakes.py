@@ -59,7 +59,7 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
 
     from deeprec_env.config import StackConfig
     from deeprec_env.protocol import TitleMatcher
-    from deeprec_env.stack import BoundReward, Stack
+    from deeprec_env.stack import BoundReward, Stack, latent_interests
     from deeprec_env.trm.model import ModelConfig, SequentialRecommender
     from deeprec_env.trm.queries import aspect_table
     from deeprec_env.trm.retriever import InProcessRetriever
@@ -81,6 +81,7 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
             item_vectors=vectors,
             item_aspects=aspect_table(dataset),
             names_item=TitleMatcher(dataset).names_item,
+            latent_interests=latent_interests(dataset),
         )
         reward = BoundReward(build_reward(reward_node), context)
     return Stack(

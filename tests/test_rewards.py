@@ -40,6 +40,8 @@ ALL = (
     "invalid_penalty",
     "duplicate_penalty",
     "history_penalty",
+    "interest",
+    "explanation",
 )
 DIM = 4
 
@@ -419,7 +421,7 @@ def episodes(draw, rec_k=10):
 PAPER = build_reward(RewardConfig())  # the dataclass defaults: the paper's six terms on, guards on, extras off
 ALL_ON = build_reward(
     load_reward_config(
-        {name: {"weight": 1.0} for name in ALL}
+        {name: {"weight": 1.0} for name in ALL if name != "explanation"}  # judged: tests/test_recgpt.py
         | {"invocation": {"weight": 1.0, "calls": "non_empty"}, "diversity": {"weight": 1.0, "calls": "non_empty"}}
     )
 )

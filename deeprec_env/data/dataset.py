@@ -64,6 +64,7 @@ class RecDataset:
     raw_item_ids: list[str]  # index = item id; raw_item_ids[0] == ""
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. the synthetic users' latent preferences
     catalogue: str = "generic"  # which item-aspect lexicon describes the items (`DatasetConfig.catalogue`; not saved)
+    profiles: list[str] = field(default_factory=list)  # per user id, a profile card ("" unknown; `data.profiles`)
 
     @property
     def n_items(self) -> int:

@@ -1,4 +1,5 @@
-"""Readers for the public dataset formats: each turns a dataset folder into `RawInteractions`.
+"""Readers for the public dataset formats: each turns a dataset folder into `RawInteractions`, and (formats with user
+features, `USER_READERS`) into the users' features.
 
 Every reader keeps interactions in file order and uses the original ids as strings. Malformed input raises
 a `ValueError` with one line naming the file and the line number (`load_dataset` turns it into a
@@ -248,6 +249,53 @@ def read_amazon_lcrec(directory: Path) -> RawInteractions:
     interactions = _lcrec_sequences(directory / f"{prefix}.inter.json")
     return _to_raw(interactions, _lcrec_titles(directory / f"{prefix}.titles.tsv"))
 
+
+# -- user features (MovieLens-100K u.user, MovieLens-1M users.dat) ---------------------------------------------
+UserFeatures = dict[str, tuple[str, str, str]]  # raw user id -> (age, gender, occupation), as a profile card shows them
+_GENDERS = {"M": "male", "F": "female"}
+ML1M_AGES = {"1": "under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
+    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
+    "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
+    "unemployed", "writer",
+)  # fmt: skip
+
+
+def _user_row(path: Path, lineno: int, user: str, age: str, gender: str, occupation: str) -> tuple[str, tuple]:
+    if gender.strip() not in _GENDERS:
+        raise _fail(path, lineno, f"gender must be M or F, got {gender!r}")
+    return _raw_id(path, lineno, user, "user id"), (age.strip(), _GENDERS[gender.strip()], occupation.strip())
+
+
+def read_ml100k_users(directory: Path) -> UserFeatures:
+    """`u.user`: user id|age|gender|occupation|zip code (pipe-separated)."""
+    path = directory / USER_FILES["ml-100k"]
+    features = {}
+    for lineno, (user, age, gender, occupation, _) in _delimited(path, "|", 5, encoding="latin-1"):
+        _int(path, lineno, age, "age")
+        raw, row = _user_row(path, lineno, user, age, gender, occupation)
+        features[raw] = row
+    return features
+
+
+def read_ml1m_users(directory: Path) -> UserFeatures:
+    """`users.dat`: UserID::Gender::Age::Occupation::Zip-code, age and occupation as the release's codes."""
+    path = directory / USER_FILES["ml-1m"]
+    features = {}
+    for lineno, (user, gender, age, occupation, _) in _delimited(path, "::", 5, encoding="latin-1"):
+        if age.strip() not in ML1M_AGES:
+            raise _fail(path, lineno, f"age code must be one of {', '.join(ML1M_AGES)}, got {age!r}")
+        code = _int(path, lineno, occupation, "occupation code")
+        if not 0 <= code < len(ML1M_OCCUPATIONS):
+            raise _fail(path, lineno, f"occupation code must be 0..{len(ML1M_OCCUPATIONS) - 1}, got {code}")
+        raw, row = _user_row(path, lineno, user, ML1M_AGES[age.strip()], gender, ML1M_OCCUPATIONS[code])
+        features[raw] = row
+    return features
+
+
+USER_READERS: dict[str, Callable[[Path], UserFeatures]] = {"ml-100k": read_ml100k_users, "ml-1m": read_ml1m_users}
+USER_FILES = {"ml-100k": "u.user", "ml-1m": "users.dat"}  # the file each user reader reads
 
 READERS: dict[str, Callable[[Path], RawInteractions]] = {
     "ml-100k": read_ml100k,

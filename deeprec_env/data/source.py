@@ -43,6 +43,7 @@ class DatasetConfig:
     root: str | None = None  # data root; else $DEEPREC_DATA, else ./data, else ../shared/data
     min_core: int = 5
     files: dict[str, str | None] = field(default_factory=dict)  # required file -> sha256 (None: unchecked)
+    user_files: dict[str, str | None] = field(default_factory=dict)  # user-feature files (data.profiles) -> sha256
     homepage: str = ""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # the item-aspect lexicon of preference queries (deeprec_env/trm/lexicons): movies | games | generic
@@ -99,13 +100,14 @@ def find_dataset_dir(cfg: DatasetConfig) -> Path:
     )
 
 
-def verify_files(cfg: DatasetConfig, directory: Path) -> None:
-    """Every required file exists and matches its configured sha256."""
-    for name, expected in cfg.files.items():
+def verify_files(cfg: DatasetConfig, directory: Path, files: dict[str, str | None] | None = None) -> None:
+    """Every required file (`files`, default `cfg.files`) exists and matches its configured sha256."""
+    files = cfg.files if files is None else files
+    for name, expected in files.items():
         path = directory / name
         if not path.is_file():
             raise DatasetError(
-                f"dataset {cfg.name!r}: missing {path}; expected files {', '.join(cfg.files)} from {cfg.homepage}"
+                f"dataset {cfg.name!r}: missing {path}; expected files {', '.join(files)} from {cfg.homepage}"
             )
         if expected and sha256_file(path) != expected:
             raise DatasetError(
@@ -139,7 +141,10 @@ def load_dataset(cfg: DatasetConfig, artifacts: str | os.PathLike = "artifacts")
                 raise DatasetError(f"dataset {cfg.name!r} in {directory} is malformed: {err}") from err
         dataset.save(tmp)
 
+    from deeprec_env.data.profiles import load_profiles
+
     directory = cached(artifact_root(artifacts, cfg) / "dataset", build, f"dataset {cfg.name}")
     dataset = RecDataset.load(directory)
     dataset.catalogue = cfg.catalogue
+    dataset.profiles = load_profiles(cfg, dataset, artifacts)
     return dataset

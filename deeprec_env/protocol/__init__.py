@@ -1,5 +1,5 @@
-"""The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards, item handles and title
-matching.
+"""The episode text protocol: tags, codecs, prompts, the tool, format checks, item cards, item handles, title
+matching, and the RecGPT blocks (interests, answer-line reasons).
 
 Every module here is a pure function of its inputs and never imports agents, rewards, TRL or Ray. Any string is a
 valid input: parsing never raises. `clean_text` makes any string safe for every reader (the env cleans each action).
@@ -23,8 +23,17 @@ from deeprec_env.protocol.checks import (
 )
 from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
 from deeprec_env.protocol.handles import ITEM_REFS, item_handles
+from deeprec_env.protocol.interests import INTERESTS_CLOSE, INTERESTS_OPEN, Interests, parse_interests, render_interests
 from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
-from deeprec_env.protocol.prompts import INSTRUCTIONS, REQUEST_LEAD, REQUEST_NOTE, PromptSettings, instructions
+from deeprec_env.protocol.prompts import (
+    INSTRUCTIONS,
+    PROFILE_LEAD,
+    REQUEST_LEAD,
+    REQUEST_NOTE,
+    PromptSettings,
+    instructions,
+)
+from deeprec_env.protocol.reasons import REASON_SEPARATOR, split_reason, with_reason
 from deeprec_env.protocol.tags import (
     ALL_TAGS,
     ITEMS_CLOSE,
@@ -56,6 +65,8 @@ __all__ = [
     "CODECS",
     "FORMAT_CHECKS",
     "INSTRUCTIONS",
+    "INTERESTS_CLOSE",
+    "INTERESTS_OPEN",
     "ITEM_REFS",
     "ITEMS_CLOSE",
     "ITEMS_OPEN",
@@ -73,7 +84,9 @@ __all__ = [
     "PROBLEM_TAGS_IN_ANSWER",
     "PROBLEM_TOOL_COUNT",
     "PROBLEM_UNBALANCED",
+    "PROFILE_LEAD",
     "PROMPT_END",
+    "REASON_SEPARATOR",
     "REC_CLOSE",
     "REQUEST_LEAD",
     "REQUEST_NOTE",
@@ -90,6 +103,7 @@ __all__ = [
     "AnswerMatch",
     "ChatCodec",
     "Codec",
+    "Interests",
     "PromptSettings",
     "TagsCodec",
     "TitleMatcher",
@@ -104,7 +118,11 @@ __all__ = [
     "normalize_preference",
     "normalize_title",
     "numbered",
+    "parse_interests",
+    "render_interests",
     "render_assistant_message",
+    "split_reason",
     "structured_call",
     "tool_docstring",
+    "with_reason",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deeprec_env.protocol.prompts import REQUEST_LEAD, PromptSettings, history_listing, instructions
+from deeprec_env.protocol.prompts import PROFILE_LEAD, REQUEST_LEAD, PromptSettings, history_listing, instructions
 from deeprec_env.protocol.tags import (
     EMPTY_RESULT,
     ITEMS_CLOSE,
@@ -119,9 +119,10 @@ class Codec:
         raise NotImplementedError
 
     def render_prompt(
-        self, history_cards: Sequence[str], settings: PromptSettings, request: str = ""
+        self, history_cards: Sequence[str], settings: PromptSettings, request: str = "", profile: str = ""
     ) -> str | list[dict[str, str]]:
-        """The episode's prompt: instructions, the history and, when given, the user's request."""
+        """The episode's prompt: instructions, the user's profile card and the history, then the user's request (the
+        profile and the request when given)."""
         raise NotImplementedError
 
     def solution(self, transcript: Any) -> str:
@@ -166,8 +167,11 @@ class TagsCodec(Codec):
         body = numbered(cards, labels) + "\n" if cards else EMPTY_RESULT + "\n"
         return f"\n{ITEMS_OPEN}\n{body}{ITEMS_CLOSE}\n\n"
 
-    def render_prompt(self, history_cards: Sequence[str], settings: PromptSettings, request: str = "") -> str:
+    def render_prompt(
+        self, history_cards: Sequence[str], settings: PromptSettings, request: str = "", profile: str = ""
+    ) -> str:
         history = history_listing(history_cards) + (f"\n{REQUEST_LEAD}{request}" if request else "")
+        history = f"{PROFILE_LEAD}{profile}\n{history}" if profile else history
         return f"{instructions('tags', settings)}\n\nNow, let's begin.\nUser:\n{history}{PROMPT_END}"
 
     def solution(self, transcript: Any) -> str:
@@ -237,11 +241,12 @@ class ChatCodec(Codec):
         return {"role": "tool", "name": TOOL_NAME, "content": content}
 
     def render_prompt(
-        self, history_cards: Sequence[str], settings: PromptSettings, request: str = ""
+        self, history_cards: Sequence[str], settings: PromptSettings, request: str = "", profile: str = ""
     ) -> list[dict[str, str]]:
-        """[system (instructions and answer format), user (the history, then the request if any)]; pass
-        `tools=[TOOL_SCHEMA]` to the chat template."""
-        user = f"My interaction history, oldest first:\n{history_listing(history_cards)}\n\nWhat will I enjoy next?"
+        """[system (instructions and answer format), user (the profile if any, the history, then the request if
+        any)]; pass `tools=[TOOL_SCHEMA]` to the chat template."""
+        user = f"{PROFILE_LEAD}{profile}\n\n" if profile else ""
+        user += f"My interaction history, oldest first:\n{history_listing(history_cards)}\n\nWhat will I enjoy next?"
         user += f"\n{REQUEST_LEAD}{request}" if request else ""
         return [{"role": "system", "content": instructions("chat", settings)}, {"role": "user", "content": user}]
 

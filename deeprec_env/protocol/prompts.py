@@ -1,12 +1,15 @@
 """The system instructions of both codecs, full (a paraphrase of the paper's `base_prompt_rec`) or brief (the task
 alone, for small policies that learn the protocol from demonstrations), and the history listing. With item handles
-(`item_refs: handles`) they say that results lead each item with its handle and that answers name items by it."""
+(`item_refs: handles`) they say that results lead each item with its handle and that answers name items by it; with
+the RecGPT options (`interests`, `explanations`) they ask for the interest block and a reason per answer line."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol
 
+from deeprec_env.protocol.interests import INTERESTS_CLOSE, INTERESTS_OPEN
+from deeprec_env.protocol.reasons import REASON_SEPARATOR
 from deeprec_env.protocol.tags import ITEMS_CLOSE, ITEMS_OPEN, PREF_CLOSE, PREF_OPEN, REC_CLOSE, REC_OPEN, THINK_CLOSE
 from deeprec_env.protocol.text import numbered
 from deeprec_env.protocol.tool import TOOL_NAME
@@ -14,6 +17,15 @@ from deeprec_env.protocol.tool import TOOL_NAME
 INSTRUCTIONS = ("full", "brief")
 REQUEST_LEAD = "My request: "  # leads the user's request in the prompt (env.requests)
 REQUEST_NOTE = "The user may add a request in their own words; it can help, say nothing, or point elsewhere."
+PROFILE_LEAD = "About me: "  # leads the user's profile card in the prompt (env.profile)
+INTERESTS_NOTE = (
+    f"Before your first tool call, state the user's interests as weighted tags (weights sum to 1), over the whole "
+    f"history and over the recent items: {INTERESTS_OPEN}\nlong term: tag weight; tag weight\nrecent: tag weight\n"
+    f"{INTERESTS_CLOSE}"
+)
+EXPLANATIONS_NOTE = (
+    f'After each answer item write "{REASON_SEPARATOR.strip()}" and one sentence on why it suits this user.'
+)
 
 
 class PromptSettings(Protocol):
@@ -25,11 +37,19 @@ class PromptSettings(Protocol):
     instructions: str
     item_refs: str
     requests: bool
+    interests: bool
+    explanations: bool
 
 
 def history_listing(history_cards: Sequence[str]) -> str:
     """The numbered history, oldest first, or a note that there is none."""
     return numbered(history_cards) if history_cards else "(no interactions yet)"
+
+
+def recgpt_notes(settings: PromptSettings) -> str:
+    """What the RecGPT options ask of the agent, one sentence each (empty without them)."""
+    notes = [INTERESTS_NOTE] * settings.interests + [EXPLANATIONS_NOTE] * settings.explanations
+    return "".join(f" {note}" for note in notes)
 
 
 def instructions(kind: str, settings: PromptSettings) -> str:
@@ -49,7 +69,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
             f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
             f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved "
             f"{'items by their handles (#N)' if handles else 'titles'}, best first, numbered, in {REC_OPEN} "
-            f"{REC_CLOSE}." + (f" {REQUEST_NOTE}" if settings.requests else "")
+            f"{REC_CLOSE}." + (f" {REQUEST_NOTE}" if settings.requests else "") + recgpt_notes(settings)
         )
     first, second = ("#1", "#2") if handles else ("1.", "2.")
     returns = "a list of items, one per line, each led by its handle (#N)" if handles else "a numbered list of items"
@@ -106,5 +126,5 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         "even after you have found good items.\n"
         "4. After each call, judge the retrieved items and refine the next description.\n"
         "5. When you have gathered a diverse pool of retrieved items, rank all of them for this user.\n"
-        f"{output}{layout}"
+        f"{output}{layout}{recgpt_notes(settings)}"
     )
