@@ -315,3 +315,89 @@ def summarize(
         for name, (mean, low, high) in zip(names, results, strict=True):
             out[name] = {"mean": mean, "low": low, "high": high}
     return {name: out[name] for name in per_user}
+
+
+def popularity_groups(popularity: np.ndarray, n_groups: int = 5) -> np.ndarray:
+    """Popularity group of every id ``0..n_items``: quantile bins holding equal numbers of items (padding: -1).
+
+    ``popularity[i]`` is item ``i``'s interaction count (index 0 = padding). Items are ordered from least to most
+    popular and cut into ``n_groups`` consecutive runs whose sizes differ by at most one (the larger runs first), so
+    group 0 holds the least popular items and group ``n_groups - 1`` the most popular ones. Items with equal counts
+    are ordered by descending id, the order `head_items` uses: tied items may fall on both sides of a cut, and the
+    lower id then lands in the more popular group, so the top group is the head whenever
+    ``head_fraction * n_items`` equals its size.
+    """
+    popularity = np.asarray(popularity)
+    n_items = len(popularity) - 1
+    if not 1 <= n_groups <= n_items:
+        raise ValueError(f"the number of popularity groups must lie in 1..{n_items} (the items), got {n_groups}")
+    ids = np.arange(1, n_items + 1)
+    order = np.lexsort((-ids, popularity[1:].astype(np.float64)))  # by count, then by descending id
+    groups = np.full(n_items + 1, -1, dtype=np.int64)
+    groups[order + 1] = np.arange(n_items) * n_groups // n_items
+    return groups
+
+
+def group_popularity_ranges(popularity: np.ndarray, groups: np.ndarray) -> list[tuple[int, int]]:
+    """The bin edges of `popularity_groups`: ``(fewest, most)`` interactions of an item in each group."""
+    popularity, groups = np.asarray(popularity), np.asarray(groups)
+    return [
+        (int(popularity[groups == g].min()), int(popularity[groups == g].max())) for g in range(int(groups.max()) + 1)
+    ]
+
+
+def exposure_shares(lists: Sequence[Sequence[int]], groups: np.ndarray) -> np.ndarray:
+    """Share of all recommended slots (over every list) that hold an item of each popularity group.
+
+    ``groups`` is `popularity_groups`' output. Ids <= 0 (padding, unmatched titles) fill no slot; the shares sum to
+    1 over the groups, or are all NaN when no list holds an item.
+    """
+    groups = np.asarray(groups)
+    valid = [_valid_ids(items) for items in lists]
+    ids = np.concatenate(valid) if valid else np.empty(0, np.int64)
+    if ids.size and ids.max() >= len(groups):
+        raise ValueError(f"item id {ids.max()} has no popularity group")
+    counts = np.bincount(groups[ids], minlength=int(groups.max()) + 1).astype(np.float64)
+    return counts / ids.size if ids.size else np.full(counts.shape, np.nan)
+
+
+def group_summaries(
+    per_user: dict[str, np.ndarray],
+    user_groups: np.ndarray,
+    n_groups: int,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[dict[str, dict[str, float]]]:
+    """`summarize` of the per-user metrics over the users of each group (``user_groups[u]``: the popularity group
+    of user ``u``'s target); a group without users gets NaN means and intervals."""
+    user_groups = np.asarray(user_groups)
+    return [
+        summarize(
+            {name: np.asarray(v)[user_groups == g] for name, v in per_user.items()}, n_resamples, confidence, seed
+        )
+        for g in range(n_groups)
+    ]
+
+
+def hit_category_diversity(hit_items: Sequence[int], item_categories: Sequence[tuple[str, ...]]) -> tuple[int, float]:
+    """How varied the categories of the recommended items that were hits are: ``(distinct, normalised entropy)``.
+
+    ``hit_items`` holds one item id per hit (a user's target found in their list; repeats count again) and
+    ``item_categories[i]`` item ``i``'s categories. Each hit spreads a weight of 1 evenly over its categories, so a
+    multi-category item counts as much as a single-category one; hits without categories are skipped. ``distinct``
+    is the number of categories with weight, the entropy is the Shannon entropy of the weights divided by the log of
+    the catalogue's category count: 0 when every hit shares one category, 1 when the hits spread evenly over all
+    the catalogue's categories. The entropy is NaN without a weighted hit or with fewer than two categories.
+    """
+    vocab = {c: j for j, c in enumerate(sorted({c for cats in item_categories for c in cats}))}
+    weights = np.zeros(len(vocab))
+    for item in _valid_ids(hit_items):
+        cats = item_categories[item]
+        for c in cats:
+            weights[vocab[c]] += 1.0 / len(cats)
+    total = weights.sum()
+    if total == 0 or len(vocab) < 2:
+        return int((weights > 0).sum()), float("nan")
+    p = weights[weights > 0] / total
+    return int(p.size), float(-(p * np.log(p)).sum() / math.log(len(vocab)))

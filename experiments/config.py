@@ -26,6 +26,7 @@ class EvalConfig:
     bootstrap: int = 1000  # resamples for the 95% intervals
     list_k: int = 10  # list length for beyond-accuracy metrics
     long_tail_head: float = 0.2  # share of most popular items counted as the head
+    popularity_groups: int = 5  # equal-size bins of items by training interactions, for per-group metrics
     force_env: bool = False  # evaluate a trained policy under env overrides that differ from its training env
 
 

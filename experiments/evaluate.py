@@ -9,10 +9,11 @@ trained LLM or tag-action policy at `policy.path`. A trained policy is evaluated
 `deeprec.json`); the run's other text agents play that env too, and a command-line `env.*` override that contradicts
 it is one error line unless `eval.force_env=true`.
 
-Prints a markdown table with 95% bootstrap intervals and writes `results.json` in the run directory (one object per
-agent: `{"dataset", "split", "agent", "n_users", "metrics", "beyond", "episode", "provenance"}`, the last naming the
-command and commit that made it), `results.md` and
-`comparisons.json` with paired differences between every pair of agents.
+Prints markdown tables with 95% bootstrap intervals, overall and per item-popularity group, and writes into the run
+directory `results.json` (one object per agent: `{"dataset", "split", "agent", "n_users", "metrics", "beyond",
+"popularity_groups", "episode", "provenance"}`, the last naming the command and commit that made it), `results.md`,
+`popularity.png` (NDCG@10 and exposure share per popularity group, `experiments.popularity`) and `comparisons.json`
+with paired differences between every pair of agents, overall and within each popularity group.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ from deeprec_env.env import EnvConfig
 from deeprec_env.evaluation import Evaluation, evaluate_scorer
 from deeprec_env.metrics import (
     coverage,
+    exposure_shares,
+    group_popularity_ranges,
+    group_summaries,
+    hit_category_diversity,
     intra_list_diversity,
     list_ranks,
     long_tail_share,
     paired_difference,
+    popularity_groups,
     summarize,
 )
 from deeprec_env.stack import Stack, build_stack
@@ -50,6 +56,7 @@ from experiments.common import (
     seeded_sample,
     write_json,
 )
+from experiments.popularity import GROUP_METRICS, GROUPS_HEADING, group_table, plot_groups
 
 REPORTED = ["recall@10", "ndcg@10", "mrr@10"]
 TABLE_COLUMNS = [
@@ -58,6 +65,8 @@ TABLE_COLUMNS = [
     *REPORTED,
     "coverage@10",
     "long-tail",
+    "hit categories",
+    "hit entropy",
     "turns",
     "tool_calls",
     "invalid_rate",
@@ -222,22 +231,61 @@ def evaluation_users(cfg: DictConfig, dataset: RecDataset) -> np.ndarray:
     return seeded_sample(dataset.eval_users(cfg.split), cfg.eval.max_users, cfg.seed)
 
 
+def split_targets(dataset: RecDataset, users: np.ndarray, split: str) -> np.ndarray:
+    """Each user's target item in the split."""
+    return np.array([dataset.history_and_target(int(u), split)[1] for u in users], dtype=np.int64)
+
+
+def group_records(cfg: DictConfig, popularity: np.ndarray, outcome: Evaluation, targets: np.ndarray) -> list[dict]:
+    """Per popularity group (`eval.popularity_groups` equal-size bins of the items by training interactions,
+    `popularity`): its items and their interactions (the bin edges), the users whose target is in it with their
+    Recall@10 and NDCG@10 (95% intervals), and the share of the run's top-`list_k` slots it gets."""
+    groups = popularity_groups(popularity, cfg.eval.popularity_groups)
+    per_user = {m: values for m, values in outcome.per_user().items() if m in GROUP_METRICS}
+    n_groups = cfg.eval.popularity_groups
+    metrics = group_summaries(per_user, groups[targets], n_groups, cfg.eval.bootstrap, seed=cfg.seed)
+    exposure = exposure_shares(outcome.lists[:, : cfg.eval.list_k], groups)
+    ranges = group_popularity_ranges(popularity, groups)
+    return [
+        {
+            "group": g,
+            "items": int((groups == g).sum()),
+            "training_interactions": {"min": ranges[g][0], "max": ranges[g][1]},
+            "users": int((groups[targets] == g).sum()),
+        }
+        | metrics[g]
+        | {"exposure_share": float(exposure[g])}
+        for g in range(n_groups)
+    ]
+
+
 def result_record(
-    cfg: DictConfig, dataset: RecDataset, agent: str, outcome: Evaluation, episode_stats: dict | None = None
+    cfg: DictConfig,
+    dataset: RecDataset,
+    agent: str,
+    outcome: Evaluation,
+    targets: np.ndarray,
+    episode_stats: dict | None = None,
 ) -> dict:
-    """The `results.json` object for one agent: accuracy and beyond-accuracy metrics with intervals."""
+    """The `results.json` object for one agent: accuracy and beyond-accuracy metrics with intervals, overall and
+    per popularity group; `targets`: each user's target."""
     lists = outcome.lists[:, : cfg.eval.list_k]
+    categories, popularity = [m.categories for m in dataset.items], dataset.item_popularity()
     beyond = {
-        "category_diversity": intra_list_diversity(lists, [m.categories for m in dataset.items]),
-        "long_tail_share": long_tail_share(lists, dataset.item_popularity(), cfg.eval.long_tail_head),
+        "category_diversity": intra_list_diversity(lists, categories),
+        "long_tail_share": long_tail_share(lists, popularity, cfg.eval.long_tail_head),
     }
+    hit_categories, hit_entropy = hit_category_diversity(targets[outcome.ranks < cfg.eval.list_k], categories)
     return {
         "dataset": dataset.name,
         "split": cfg.split,
         "agent": agent,
         "n_users": int(len(outcome.users)),
         "metrics": summarize(outcome.per_user(), cfg.eval.bootstrap, seed=cfg.seed),
-        "beyond": {"coverage": coverage(lists, dataset.n_items)} | summarize(beyond, cfg.eval.bootstrap, seed=cfg.seed),
+        "beyond": {"coverage": coverage(lists, dataset.n_items)}
+        | summarize(beyond, cfg.eval.bootstrap, seed=cfg.seed)
+        | {"hit_categories": hit_categories, "hit_category_entropy": hit_entropy},
+        "popularity_groups": group_records(cfg, popularity, outcome, targets),
     } | ({"episode": summarize(episode_stats, cfg.eval.bootstrap, seed=cfg.seed)} if episode_stats else {})
 
 
@@ -248,6 +296,8 @@ def table_row(record: dict) -> dict:
         row[name] = f"{m['mean']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
     row["coverage@10"] = record["beyond"]["coverage"]
     row["long-tail"] = record["beyond"]["long_tail_share"]["mean"]
+    row["hit categories"] = record["beyond"]["hit_categories"]
+    row["hit entropy"] = record["beyond"]["hit_category_entropy"]
     for name in ("turns", "tool_calls", "invalid_rate", "format_ok", "reward"):
         row[name] = record["episode"][name]["mean"] if "episode" in record else ""
     return row
@@ -323,18 +373,23 @@ def evaluate(
             make_agent = LLMAgentFactory(LLMPolicy.load(policies[name], config))
         outcomes[name], stats[name] = text_agent_evaluation(cfg, stack, env, users, name, make_agent, pool)
     made_by = provenance()
-    records = [result_record(cfg, stack.dataset, name, outcomes[name], stats.get(name)) for name in names]
+    targets = split_targets(stack.dataset, users, cfg.split)
+    records = [result_record(cfg, stack.dataset, name, outcomes[name], targets, stats.get(name)) for name in names]
     records = [record | {"provenance": made_by} for record in records]
     print(f"\n{stack.dataset.name}: {cfg.split} split, {len(users)} users, full ranking, 95% bootstrap intervals\n")
     print(results_table(records))
+    print(f"\n{GROUPS_HEADING}\n")
+    print(group_table(records))
 
     out = out or run_dir()
     write_json(out / "results.json", records)
-    (out / "results.md").write_text(results_table(records) + "\n")
+    (out / "results.md").write_text(f"{results_table(records)}\n\n{GROUPS_HEADING}\n\n{group_table(records)}\n")
+    plot_groups(records, out / "popularity.png")
     if len(names) > 1:
         per_user = {name: outcome.per_user() for name, outcome in outcomes.items()}
         for name, episode_stats in stats.items():  # text agents: the episode reward is compared too
             per_user[name] = per_user[name] | {"reward": episode_stats["reward"]}
+        user_groups = popularity_groups(stack.dataset.item_popularity(), cfg.eval.popularity_groups)[targets]
         comparisons = {
             f"{later}-vs-{earlier}": {
                 metric: paired_difference(
@@ -343,6 +398,7 @@ def evaluate(
                 for metric in [*REPORTED, "reward"]
                 if metric in per_user[later] and metric in per_user[earlier]
             }
+            | {"popularity_groups": group_differences(cfg, per_user[later], per_user[earlier], user_groups)}
             for i, earlier in enumerate(names)
             for later in names[i + 1 :]
         }
@@ -350,7 +406,22 @@ def evaluate(
         print("\nPaired differences in NDCG@10 (same users, 95% bootstrap)\n")
         rows = [comparison_row(pair, diffs["ndcg@10"]) for pair, diffs in comparisons.items()]
         print(markdown_table(rows, ["pair", "mean", "low", "high", "excludes_zero"]))
+        print("\nPaired differences in NDCG@10 per popularity group (the users whose target is in the group)\n")
+        rows = [{"pair": pair} | d for pair, diffs in comparisons.items() for d in diffs["popularity_groups"]]
+        print(markdown_table(rows, ["pair", "group", "users", "mean", "low", "high", "excludes_zero"]))
     return records
+
+
+def group_differences(
+    cfg: DictConfig, later: dict[str, np.ndarray], earlier: dict[str, np.ndarray], user_groups: np.ndarray
+) -> list[dict]:
+    """Per popularity group, the paired NDCG@10 difference `later - earlier` over the users whose target is in it."""
+    out = []
+    for g in range(cfg.eval.popularity_groups):
+        users = user_groups == g
+        diff = paired_difference(later["ndcg@10"][users], earlier["ndcg@10"][users], cfg.eval.bootstrap, seed=cfg.seed)
+        out.append({"group": g, "users": int(users.sum())} | diff)
+    return out
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")

@@ -3,9 +3,9 @@
 Every directory is searched recursively for `results.json` (a list of agent records, as `experiments.evaluate` and the
 trainer's evaluation write them) and the `comparisons.json` beside it (paired differences between its agents). Writes
 into `--out`: `results.json` (the records gathered), `comparisons.json` (per source, its paired differences),
-`report.md` (the table, the paired NDCG@10 differences, the command and commit that made each source and this
-report) and `ndcg10.png` (NDCG@10 per dataset and agent with 95% bootstrap intervals), and prints the table. This is
-how the files under `results/` are made.
+`report.md` (the table, the per-popularity-group table of the records that have groups, the paired NDCG@10
+differences, the command and commit that made each source and this report) and `ndcg10.png` (NDCG@10 per dataset
+and agent with 95% bootstrap intervals), and prints the table. This is how the files under `results/` are made.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments.common import markdown_table, provenance  # noqa: E402
+from experiments.popularity import GROUPS_HEADING, group_table  # noqa: E402
 
 COLUMNS = ["recall@10", "ndcg@10", "mrr@10"]
 EPISODE_COLUMNS = ["reward", "format_ok", "invalid_rate"]
@@ -112,6 +113,13 @@ def main() -> None:
     text = table(records)
     found = load_comparisons(loaded)
     made = provenance()
+    grouped = [r for r in records if "popularity_groups" in r]
+    groups = [
+        GROUPS_HEADING,
+        "",
+        group_table(grouped, ("dataset", "split")),
+        "",
+    ]
     paired = [
         "Paired differences (in each pair `a-vs-b`: a minus b, on the same users, 95% bootstrap):",
         "",
@@ -125,6 +133,7 @@ def main() -> None:
         "",
         "![NDCG@10](ndcg10.png)",
         "",
+        *(groups if grouped else []),
         *(paired if found else []),
         "Measured by:",
         *sources(loaded),

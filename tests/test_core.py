@@ -235,10 +235,24 @@ def test_evaluate_cli_writes_results(tmp_path):
         m = record["metrics"]["ndcg@10"]
         assert m["low"] <= m["mean"] <= m["high"]
         assert {"recall@1", "recall@20", "ndcg@20", "mrr@10"} <= set(record["metrics"])
+        assert record["beyond"]["hit_categories"] >= 1 and 0 < record["beyond"]["hit_category_entropy"] <= 1
+        groups = record["popularity_groups"]
+        assert [g["group"] for g in groups] == list(range(5))  # eval.popularity_groups
+        assert [g["items"] for g in groups] == [12] * 5 and sum(g["users"] for g in groups) == 80
+        assert sum(g["exposure_share"] for g in groups) == pytest.approx(1.0)
+        edges = [g["training_interactions"] for g in groups]
+        assert all(a["min"] <= a["max"] <= b["min"] for a, b in zip(edges, edges[1:], strict=False))
+        for name in ("recall@10", "ndcg@10"):  # the groups split the users: their metrics average to the overall
+            overall = sum(g["users"] * g[name]["mean"] for g in groups if g["users"]) / 80
+            assert overall == pytest.approx(record["metrics"][name]["mean"])
+    assert (run / "popularity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| sasrec | 4 | " in (run / "results.md").read_text()  # the per-group table: agent, group
     comparisons = json.loads((run / "comparisons.json").read_text())
     assert set(comparisons["sasrec-vs-pop"]["ndcg@10"]) == {"mean", "low", "high", "excludes_zero"}
     for diffs in comparisons.values():
-        for diff in diffs.values():
+        by_group = diffs.pop("popularity_groups")
+        assert [d["group"] for d in by_group] == list(range(5)) and sum(d["users"] for d in by_group) == 80
+        for diff in [*diffs.values(), *(d for d in by_group if d["users"])]:
             assert diff["low"] <= diff["mean"] <= diff["high"]
     report = subprocess.run(
         [sys.executable, "-m", "experiments.report", str(run), "--out", str(tmp_path / "report")],
@@ -251,9 +265,11 @@ def test_evaluate_cli_writes_results(tmp_path):
     written = (tmp_path / "report" / "report.md").read_text()
     difference = comparisons["sasrec-vs-reference"]["ndcg@10"]
     assert f"| sasrec-vs-reference | {difference['mean']:.4f} [{difference['low']:.4f}," in written
-    assert json.loads((tmp_path / "report" / "comparisons.json").read_text()) == {
-        f"synthetic test ({run.name})": comparisons
-    }
+    assert "| synthetic | test | sasrec | 4 | " in written  # the per-group table
+    gathered = json.loads((tmp_path / "report" / "comparisons.json").read_text())[f"synthetic test ({run.name})"]
+    assert {pair: {k: v for k, v in diffs.items() if k != "popularity_groups"} for pair, diffs in gathered.items()} == (
+        comparisons
+    )
 
 
 def test_unknown_agent_is_one_clear_line(tmp_path):

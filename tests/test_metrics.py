@@ -10,11 +10,16 @@ from deeprec_env.metrics import (
     NOT_FOUND,
     bootstrap_interval,
     coverage,
+    exposure_shares,
+    group_popularity_ranges,
+    group_summaries,
     head_items,
+    hit_category_diversity,
     intra_list_diversity,
     list_ranks,
     long_tail_share,
     paired_difference,
+    popularity_groups,
     ranking_metrics,
     summarize,
     target_ranks,
@@ -191,6 +196,84 @@ def test_long_tail_share():
     assert np.isnan(share[3])
     # Ties at the cut-off go to the lower id.
     assert np.flatnonzero(head_items(np.array([0, 5, 5, 5, 5, 5]), 0.4)).tolist() == [1, 2]
+
+
+# --- popularity groups and hit diversity --------------------------------------------------------------------
+
+
+def test_popularity_groups_by_hand():
+    # Items from least to most popular: 5 (0 interactions), 6 (1), 4 and 3 (2, tied: the higher id counts as less
+    # popular), 1 (5), 7 (8), 2 (9); 7 items in 3 groups of 3, 2 and 2 items, so the tied items are split.
+    popularity = np.array([0, 5, 9, 2, 2, 0, 1, 8])
+    groups = popularity_groups(popularity, 3)
+    assert groups.tolist() == [-1, 1, 2, 1, 0, 0, 0, 2]
+    assert group_popularity_ranges(popularity, groups) == [(0, 2), (2, 5), (8, 9)]
+    assert popularity_groups(popularity, 1).tolist() == [-1] + [0] * 7
+    assert popularity_groups(popularity, 7)[1:].tolist() == [4, 6, 3, 2, 0, 1, 5]  # one item each, by popularity
+    for n_groups in (0, 8):
+        with pytest.raises(ValueError, match="popularity groups must lie in 1..7"):
+            popularity_groups(popularity, n_groups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 6), min_size=1, max_size=40), data=st.data())  # few values: many ties
+def test_popularity_groups_are_equal_sized_monotone_bins(counts, data):
+    popularity = np.array([0, *counts])
+    n_items = len(counts)
+    n_groups = data.draw(st.integers(1, n_items))
+    groups = popularity_groups(popularity, n_groups)
+    assert groups[0] == -1 and set(groups[1:].tolist()) == set(range(n_groups))  # each item in exactly one group
+    sizes = np.bincount(groups[1:], minlength=n_groups)
+    assert sizes.sum() == n_items and sizes.max() - sizes.min() <= 1
+    fewer = popularity[1:, None] < popularity[None, 1:]  # (a, b): item a has fewer interactions than item b
+    assert not (fewer & (groups[1:, None] > groups[None, 1:])).any()  # fewer interactions, never a higher group
+    ranges = group_popularity_ranges(popularity, groups)
+    assert all(low <= high for low, high in ranges)
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    top = n_groups - 1  # the top group is the head when their sizes agree, ties included
+    assert np.array_equal(groups == top, head_items(popularity, sizes[top] / n_items))
+
+
+@settings(max_examples=100, deadline=None)
+@given(lists=st.lists(st.lists(st.integers(-1, 9), max_size=6), max_size=6), n_groups=st.integers(1, 9))
+def test_exposure_shares_sum_to_one(lists, n_groups):
+    groups = popularity_groups(np.array([0, 4, 4, 1, 0, 7, 2, 2, 9, 3]), n_groups)
+    shares = exposure_shares(lists, groups)
+    assert shares.shape == (n_groups,)
+    if any(item > 0 for items in lists for item in items):
+        assert shares.sum() == pytest.approx(1.0) and shares.min() >= 0
+    else:
+        assert np.isnan(shares).all()
+
+
+def test_exposure_shares_by_hand():
+    groups = np.array([-1, 0, 0, 1, 1])  # items 1, 2 in group 0; 3, 4 in group 1
+    assert exposure_shares([[1, 3, 4], [2, 0, -1, 3]], groups).tolist() == pytest.approx([0.4, 0.6])
+    with pytest.raises(ValueError, match="item id 5 has no popularity group"):
+        exposure_shares([[5]], groups)
+
+
+def test_group_summaries_by_hand():
+    user_groups = np.array([0, 1, 1, 0, 1])
+    per_user = ranking_metrics(np.array([0, 3, 20, 1, 0]))  # hits at @10 for users 0, 1, 3, 4
+    summaries = group_summaries(per_user, user_groups, 3, n_resamples=100)
+    assert summaries[0]["recall@10"]["mean"] == pytest.approx(1.0)
+    assert summaries[0]["ndcg@10"]["mean"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+    assert summaries[1]["recall@10"]["mean"] == pytest.approx(2 / 3)
+    assert summaries[1]["ndcg@10"]["mean"] == pytest.approx((1 / np.log2(5) + 0 + 1) / 3)
+    assert all(np.isnan(v) for v in summaries[2]["ndcg@10"].values())  # a group without users
+
+
+def test_hit_category_diversity_by_hand():
+    categories = [(), ("a",), ("a", "b"), ("c",), (), ("d",)]  # four catalogue categories
+    assert hit_category_diversity([1, 1], categories) == (1, 0.0)  # every hit in one category
+    distinct, entropy = hit_category_diversity([1, 3, 5, 2, 2, 0], categories)  # weights a 2, b 1, c 1, d 1
+    p = np.array([2, 1, 1, 1]) / 5
+    assert distinct == 4 and entropy == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
+    assert hit_category_diversity([1, 3], categories) == (2, pytest.approx(0.5))  # two of four categories, evenly
+    assert hit_category_diversity([1, 2, 3, 5, 4], [(), ("a",), ("b",), ("c",), ("d",), ()])[1] == pytest.approx(1.0)
+    distinct, entropy = hit_category_diversity([4], categories)  # no hit with categories
+    assert distinct == 0 and np.isnan(entropy)
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------------
