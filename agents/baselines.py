@@ -107,8 +107,10 @@ class TextAgent:
         return self.answer_lines(lines, reasoning)
 
     def aspects(self, item: int) -> list[str]:
-        """The item's aspects as interest tags (`protocol.interests.normalize_tag`)."""
-        return [normalize_tag(a) for a in item_aspects(self.dataset, item)]
+        """The item's aspects as interest tags (`protocol.interests.normalize_tag`), its categories first."""
+        tags = [normalize_tag(a) for a in item_aspects(self.dataset, item)]
+        categories = {normalize_tag(c) for c in self.dataset.items[item].categories}
+        return sorted(tags, key=lambda tag: tag not in categories)
 
     def interests(self, info: dict, max_tags: int = 5, recent_items: int = 5) -> str:
         """The interest block (`protocol.interests`) when the env asks for it (`info["interests"]`), else "": the
@@ -121,9 +123,9 @@ class TextAgent:
         return render_interests(list(long_term.items()), list(recent.items())) + "\n"
 
     def reasons(self, items: Sequence[int]) -> list[str]:
-        """Why each item suits this user, one sentence each: up to two aspects it shares with the history and the
-        most recent history title sharing the most of them (one not named for an earlier line where another shares
-        as many); the item's own aspects where it shares none."""
+        """Why each item suits this user, one sentence each: up to two categories it shares with the history (other
+        aspects where it shares no category) and the most recent history title sharing the most aspects (one not
+        named for an earlier line where another shares as many); the item's own aspects where it shares none."""
         named: set[int] = set()
         out = []
         for item in items:
@@ -138,7 +140,9 @@ class TextAgent:
                 out.append(f"{' and '.join(own[:2]) or 'something'} for a change from your usual picks")
                 continue
             named.add(best)
-            out.append(f"{' and '.join(shared[:2])}, like {self.dataset.items[best].title}, which you chose before")
+            categories = {normalize_tag(c) for c in self.dataset.items[item].categories}
+            said = [a for a in shared if a in categories][:2] or shared[:2]
+            out.append(f"{' and '.join(said)}, like {self.dataset.items[best].title}, which you chose before")
         return out
 
     def act(self, observation: str, info: dict) -> str:

@@ -4,9 +4,12 @@ Each probe plays one known trick. Answer tricks: repeating an item, listing hist
 item, junk lines, near-miss titles, the catalogue's most popular titles, re-ranking the retrieved pool by similarity
 instead of evidence, an answer block split over two segments. Tool-use tricks: calling the tool endlessly, identical
 queries, prompt injection, "diverse" nonsense queries, single title words, the same fixed words for every user,
-copied history titles, invisible queries. None of them may earn as much reward as the honest scripted teacher
-(`ScriptedAgent`) on the same users; `tests/test_reward_probes.py` and `python -m experiments.probes` check this for
-the `rec` and `cold` presets, and show which tricks the paper's presets (`rec-paper`, `cold-paper`) admit.
+copied history titles, invisible queries. RecGPT tricks (`RECGPT_PROBES`, for envs with the interest block and
+reasons on): every tag as an interest, history titles as interests, explanation stuffing, copied item cards, generic
+praise. None of them may earn as much reward as the honest scripted teacher (`ScriptedAgent`) on the same users;
+`tests/test_reward_probes.py` and `python -m experiments.probes` check this for the `rec` and `cold` presets, and show
+which tricks the paper's presets (`rec-paper`, `cold-paper`) admit; `tests/test_recgpt.py` checks the RecGPT tricks
+under `recgpt`.
 
 The probes act through the environment's text interface exactly like the baselines (`TextAgent`): they read the
 history from the prompt and the retrieved items from `info["tool_calls"]`, never the target. Where a probe makes
@@ -26,7 +29,8 @@ import numpy as np
 
 from agents.baselines import ScriptedAgent, TextAgent
 from deeprec_env.data.dataset import split_title_year
-from deeprec_env.protocol import REC_CLOSE, REC_OPEN, THINK_CLOSE, numbered
+from deeprec_env.protocol import REC_CLOSE, REC_OPEN, THINK_CLOSE, numbered, render_interests
+from deeprec_env.protocol.interests import normalize_tag
 from deeprec_env.trm.queries import item_aspects, title_words
 
 
@@ -361,6 +365,77 @@ class SplitAnswerProbe(TeacherCallsProbe):
         self.second_half = "\n".join(lines[half:]) + f"\n{REC_CLOSE}"
         return f"Here is my list.\n{close}{REC_OPEN}\n" + "\n".join(lines[:half])
 
+
+class EveryTagProbe(ScriptedAgent):
+    """The teacher, except that its interest block lists every aspect of the catalogue, equally weighted, in both
+    parts."""
+
+    name = "every-tag"
+
+    def interests(self, info: dict, max_tags: int = 5, recent_items: int = 5) -> str:
+        if not info.get("interests"):
+            return ""
+        every = [(tag, 1.0) for tag in catalogue_tags(self.dataset)]
+        return render_interests(every, every) + "\n"
+
+
+class HistoryTitlesInterestsProbe(ScriptedAgent):
+    """The teacher, except that its interests are the history's titles (most recent first), equally weighted."""
+
+    name = "title-interests"
+
+    def interests(self, info: dict, max_tags: int = 5, recent_items: int = 5) -> str:
+        if not info.get("interests"):
+            return ""
+        titles = [(self.dataset.items[i].title, 1.0) for i in reversed(self.history)]
+        return render_interests(titles, titles[:recent_items]) + "\n"
+
+
+class ExplanationStuffingProbe(ScriptedAgent):
+    """The teacher, except that every reason names every catalogue aspect and the last three history titles."""
+
+    name = "explanation-stuffing"
+
+    def reasons(self, items: Sequence[int]) -> list[str]:
+        titles = ", ".join(self.dataset.items[i].title for i in self.history[-3:])
+        stuffed = f"{', '.join(catalogue_tags(self.dataset))}, like {titles}"
+        return [stuffed] * len(items)
+
+
+class CopiedCardsProbe(ScriptedAgent):
+    """The teacher, except that each reason is the item's own card (title, year and categories)."""
+
+    name = "copied-cards"
+
+    def reasons(self, items: Sequence[int]) -> list[str]:
+        return [self.dataset.item_card(i) for i in items]
+
+
+class GenericPraiseProbe(ScriptedAgent):
+    """The teacher, except that every reason is the same praise, naming nothing about the item or the user."""
+
+    name = "generic-praise"
+
+    def reasons(self, items: Sequence[int]) -> list[str]:
+        return ["a great pick that you will love, highly recommended"] * len(items)
+
+
+def catalogue_tags(dataset: Any) -> tuple[str, ...]:
+    """Every aspect of the catalogue as an interest tag, most common first."""
+    counts = Counter(normalize_tag(a) for i in range(1, dataset.n_items + 1) for a in item_aspects(dataset, i))
+    return tuple(tag for tag, _ in counts.most_common())
+
+
+RECGPT_PROBES: dict[str, type[TextAgent]] = {
+    cls.name: cls
+    for cls in (
+        EveryTagProbe,
+        HistoryTitlesInterestsProbe,
+        ExplanationStuffingProbe,
+        CopiedCardsProbe,
+        GenericPraiseProbe,
+    )
+}
 
 PROBES: dict[str, type[TextAgent]] = {
     cls.name: cls

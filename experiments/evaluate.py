@@ -205,6 +205,10 @@ def text_agent_evaluation(
         "duplicate_rate": np.array([e.n_duplicate / rec_k for e in episodes]),
         "truncated": np.array([e.truncated for e in episodes], dtype=float),
     }
+    weights = stack.reward.reward.weights if stack.reward is not None else {}
+    for term in ("interest", "explanation"):  # the RecGPT terms, unweighted, where the reward scores them
+        if weights.get(term):
+            stats[term] = np.array([e.reward_unweighted[term] for e in episodes])
     if "user_preferences" in dataset.extras:
         stats |= latent_category_recovery(dataset, episodes)
     return Evaluation(users, ranks, lists), stats
@@ -212,18 +216,28 @@ def text_agent_evaluation(
 
 def latent_category_recovery(dataset: RecDataset, episodes) -> dict[str, np.ndarray]:
     """Synthetic data: precision and recall of the categories an agent's queries name against the user's true
-    (latent) categories."""
+    (latent) categories and, for episodes with an interest block, whether its heaviest long-term category tag is the
+    user's top latent category (`interest_top_latent`)."""
     from deeprec_env.data.synthetic import synthetic_category_names
 
-    names = synthetic_category_names(dataset.extras["user_preferences"].shape[1])
-    precision, recall = [], []
+    preferences = dataset.extras["user_preferences"]
+    names = synthetic_category_names(preferences.shape[1])
+    precision, recall, top = [], [], []
     for episode in episodes:
-        true = {n for n, w in zip(names, dataset.extras["user_preferences"][episode.user], strict=True) if w > 0}
+        true = {n for n, w in zip(names, preferences[episode.user], strict=True) if w > 0}
         text = " ".join(episode.preferences).lower()
         named = {n for n in names if n.lower() in text}
         precision.append(len(named & true) / len(named) if named else np.nan)
         recall.append(len(named & true) / len(true))
-    return {"query_category_precision": np.array(precision), "query_category_recall": np.array(recall)}
+        stated = (
+            [(w, t) for t, w in episode.interests.long_term if t in map(str.lower, names)] if episode.interests else []
+        )
+        heaviest = max(stated, key=lambda wt: wt[0])[1] if stated else None
+        top.append(heaviest == names[int(np.argmax(preferences[episode.user]))].lower())
+    recovery = {"query_category_precision": np.array(precision), "query_category_recall": np.array(recall)}
+    if any(e.interests for e in episodes):
+        recovery["interest_top_latent"] = np.array(top, dtype=float)
+    return recovery
 
 
 def evaluation_users(cfg: DictConfig, dataset: RecDataset) -> np.ndarray:

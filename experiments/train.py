@@ -87,7 +87,7 @@ class Run:
         self.train_stack = stack.for_agent_training(self.cuts) if self.trainer.tool_holdout else stack
         self.out = Path(self.trainer.output_dir)
         self.policy = policy_config(cfg.policy)
-        self.rec = stack.with_reward("rec")  # validation is always scored with the `rec` preset
+        self.valid_stack = stack.with_reward(self.trainer.validation.reward)  # what validation scores with
         self.valid_users = seeded_sample(stack.dataset.eval_users("valid"), self.trainer.validation.users, cfg.seed)
 
     def finished(self, final: Path) -> Path:
@@ -96,10 +96,10 @@ class Run:
         return final
 
     def validation_callback(self, phase: str, every: int) -> ValidationCallback:
-        """Greedy rollouts of the policy being trained on the validation users (`rec` reward), logged to TensorBoard
-        and to `out/phase/validation.json`."""
+        """Greedy rollouts of the policy being trained on the validation users (`trainer.validation.reward`), logged to
+        TensorBoard and to `out/phase/validation.json`."""
         return ValidationCallback(
-            self.rec,
+            self.valid_stack,
             self.env,
             self.valid_users,
             self.out / "tensorboard" / phase,
@@ -161,22 +161,30 @@ class Run:
         return self.finished(final)
 
     def compare_on_validation(self, models: dict[str, Path], users: np.ndarray) -> dict:
-        """Greedy episodes of each model on the same validation users with the `rec` reward; the paired difference of
-        the reward of the last model against the first, and each user's rewards (`validation_rewards.csv`, for
-        re-analysis such as a subset's interval)."""
-        rewards, summary = {}, {}
+        """Greedy episodes of each model on the same validation users, scored with `trainer.validation.reward`; the
+        paired differences of the last model against the first in reward, NDCG@10 and each reward term that is on
+        (unweighted), and each user's rewards (`validation_rewards.csv`, for re-analysis such as a subset's
+        interval)."""
+        from experiments.probes import answer_ndcg
+
+        reward = self.valid_stack.reward
+        active = [name for name, weight in reward.reward.weights.items() if weight]
+        rewards, per_user, summary = {}, {}, {}
         for name, path in models.items():
             policy = LLMPolicy.load(path, self.policy)
-            episodes = policy_episodes(self.pool, policy, self.rec, self.env, users, "valid", self.trainer.n_envs, True)
+            episodes = policy_episodes(
+                self.pool, policy, self.valid_stack, self.env, users, "valid", self.trainer.n_envs, True
+            )
             rewards[name] = np.array([e.reward_total for e in episodes])
+            per_user[name] = {"reward": rewards[name], "ndcg@10": np.array([answer_ndcg(e) for e in episodes])}
+            per_user[name] |= {term: np.array([e.reward_unweighted[term] for e in episodes]) for term in active}
             summary[name] = validation_scalars(episodes)
         first, last = list(models)[0], list(models)[-1]
-        result = {
-            "users": len(users),
-            "models": summary,
-            f"reward {last}-vs-{first}": paired_difference(
-                rewards[last], rewards[first], self.cfg.eval.bootstrap, seed=self.cfg.seed
-            ),
+        result = {"users": len(users), "reward": self.trainer.validation.reward, "models": summary} | {
+            f"{metric} {last}-vs-{first}": paired_difference(
+                per_user[last][metric], per_user[first][metric], self.cfg.eval.bootstrap, seed=self.cfg.seed
+            )
+            for metric in per_user[first]
         }
         write_json(self.out / "validation_comparison.json", result)
         columns = np.column_stack([users, *rewards.values()])
@@ -233,8 +241,9 @@ class Run:
         return results
 
 
-def learning_curves(out: Path) -> list[Path]:
-    """PNG curves from each phase's trainer log: SFT loss, GRPO reward and its components, validation NDCG@10."""
+def learning_curves(out: Path, valid_reward: str) -> list[Path]:
+    """PNG curves from each phase's trainer log: SFT loss, GRPO reward and its components, validation reward (the
+    `valid_reward` preset) and format pass rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +269,7 @@ def learning_curves(out: Path) -> list[Path]:
         if validation.exists():
             checks = json.loads(validation.read_text())["history"]
             steps = [h["step"] for h in checks]
-            ax.plot(steps, [h["valid/reward"] for h in checks], "k--o", label="valid/reward (rec)")
+            ax.plot(steps, [h["valid/reward"] for h in checks], "k--o", label=f"valid/reward ({valid_reward})")
             share = ax.twinx()
             share.plot(steps, [h["valid/format_ok"] for h in checks], "g:s", label="valid/format_ok")
             share.set_ylim(-0.02, 1.02)
@@ -281,14 +290,14 @@ def write_report(cfg: DictConfig, out: Path, results: dict, timings: dict) -> Pa
     validation = results["validation"]
     lines = [f"# deeprec training run: {cfg.dataset.name}, policy={cfg.policy.name}", ""]
     lines += ["## Test split (same users for every agent)", "", (out / "evaluation" / "results.md").read_text(), ""]
-    lines += ["## Validation users: warm start vs RL (greedy, `rec` reward)", ""]
+    lines += [f"## Validation users: warm start vs RL (greedy, `{validation['reward']}` reward)", ""]
     rows = [{"model": name, **scalars} for name, scalars in validation["models"].items()]
     lines += [markdown_table(rows, list(rows[0])), ""]
     for key, diff in validation.items():
-        if key.startswith("reward"):
-            lines.append(f"{key}: {diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]")
+        if "-vs-" in key:
+            lines.append(f"{key}: {diff['mean']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]  ")
     lines += ["", "## Phase wall times (s)", "", markdown_table([timings], list(timings)), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in learning_curves(out)]
+    lines += [f"![{p.stem}]({p.name})" for p in learning_curves(out, validation["reward"])]
     lines += ["", f"TensorBoard: `tensorboard --logdir {out / 'tensorboard'}`"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -371,7 +380,9 @@ def train_tag_policy(run: Run, timings: dict[str, float], timings_path: Path) ->
 
                 def validate(make_agent) -> dict[str, float]:
                     users = run.valid_users
-                    episodes = validation_pool.play(run.rec, run.env, make_agent, users, "valid", run.trainer.n_envs)
+                    episodes = validation_pool.play(
+                        run.valid_stack, run.env, make_agent, users, "valid", run.trainer.n_envs
+                    )
                     return validation_scalars(episodes)
 
                 current = models[f"tag-ppo-{phase}"] = train_tag_ppo(

@@ -57,7 +57,7 @@ class GRPOStageConfig:
     episodes: int = 400  # train episodes, (user, cut point) pairs, to draw prompts from (seeded)
     difficulty_filter: bool = True  # keep episodes whose target the TRM (empty query) ranks in its top `difficulty_top`
     difficulty_top: int = 100
-    eval_every: int = 20  # validation (greedy policy, `rec` reward) every N steps; 0: only at the end
+    eval_every: int = 20  # validation (greedy policy, `trainer.validation.reward`) every N steps; 0: only at the end
     max_steps: int = 90
     num_generations: int = 8  # group size
     per_device_train_batch_size: int = 64  # completions per step: num_generations per prompt
@@ -146,6 +146,7 @@ class TagPPOConfig:
 @dataclass
 class ValidationConfig:
     users: int = 64  # fixed, seeded validation users for the learning curves
+    reward: str = "rec"  # the reward preset validation scores with (curves, warm start vs stage 2)
 
 
 @dataclass

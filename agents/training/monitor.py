@@ -37,7 +37,8 @@ def policy_episodes(
 
 
 def validation_scalars(episodes: Sequence) -> dict[str, float]:
-    """NDCG@10, Recall@10, reward, format pass rate and tool use of a set of episodes."""
+    """NDCG@10, Recall@10, reward, its RecGPT terms (where the env asks for them), format pass rate and tool use of a
+    set of episodes."""
     metrics = ranking_metrics(list_ranks([e.ranked_ids for e in episodes], [e.target for e in episodes]))
     return {
         "valid/ndcg@10": float(np.mean(metrics["ndcg@10"])),
@@ -46,6 +47,10 @@ def validation_scalars(episodes: Sequence) -> dict[str, float]:
         "valid/format_ok": float(np.mean([e.format_ok for e in episodes])),
         "valid/called_tool": float(np.mean([len(e.tool_calls) > 0 for e in episodes])),
         "valid/tool_calls": float(np.mean([len(e.tool_calls) for e in episodes])),
+    } | {
+        f"valid/{term}": float(np.mean([e.reward_unweighted.get(term, 0.0) for e in episodes]))
+        for term, shown in (("interest", "interests"), ("explanation", "answer_reasons"))
+        if any(getattr(e, shown) for e in episodes)
     }
 
 
