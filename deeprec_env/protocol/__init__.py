@@ -23,7 +23,7 @@ from deeprec_env.protocol.checks import (
 )
 from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
 from deeprec_env.protocol.handles import ITEM_REFS, item_handles
-from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
+from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title, title_variants
 from deeprec_env.protocol.prompts import INSTRUCTIONS, REQUEST_LEAD, REQUEST_NOTE, PromptSettings, instructions
 from deeprec_env.protocol.tags import (
     ALL_TAGS,
@@ -103,6 +103,7 @@ __all__ = [
     "item_handles",
     "normalize_preference",
     "normalize_title",
+    "title_variants",
     "numbered",
     "render_assistant_message",
     "structured_call",
