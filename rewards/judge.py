@@ -253,10 +253,7 @@ class RuleJudge:
                 shares[aspect] = shares.get(aspect, 0.0) + 1.0 / len(case.history)
         user = self.read(f"{case.profile} . {case.request}", history)
         user_words = {w for w in user.words if len(w) >= 5} - self._plain_words
-        readings = []
-        for item, reason in zip(case.items, case.reasons, strict=True):
-            known = history | {item}
-            readings.append(self.read(reason, known))
+        readings = [self.read(reason, history | {item}) for item, reason in zip(case.items, case.reasons, strict=True)]
         scores = np.zeros((len(case.items), len(JUDGE_ASPECTS)))
         for row, (item, reading) in enumerate(zip(case.items, readings, strict=True)):
             own = self.aspects[item] if 1 <= item <= self.dataset.n_items else frozenset()
