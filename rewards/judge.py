@@ -111,7 +111,13 @@ def build_judge(config: JudgeConfig, dataset: RecDataset, encoder: Any) -> Judge
     return LLMJudge(config.model, dataset, config.prompt, config.questions, config.history_titles, config.batch_size)
 
 
+def _valid(text: str) -> str:
+    """The text with unencodable code points (unpaired surrogates) replaced, so no reason can break a tokenizer."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _words(text: str) -> list[str]:
+    """Normalised words (`normalize_title`: punctuation, unpaired surrogates included, becomes a separator)."""
     return normalize_title(text).split()
 
 
@@ -337,9 +343,9 @@ class LLMJudge:
                 text = self.prompt.format(
                     item=self.dataset.item_card(item),
                     history="; ".join(recent) or "(nothing)",
-                    profile=case.profile or "(none)",
-                    request=case.request or "(none)",
-                    reason=reason,
+                    profile=_valid(case.profile) or "(none)",
+                    request=_valid(case.request) or "(none)",
+                    reason=_valid(reason),
                     question=self.questions[aspect],
                 )
                 if self.tokenizer.chat_template:

@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deeprec_env.config import compose, typed
@@ -93,13 +93,11 @@ def test_a_named_year_after_a_title_is_no_claim_and_synonyms_count(dataset, judg
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=80), min_size=1, max_size=4), st.text(max_size=30))
+@example(["a 1990s \ud800 drama", "Aladdin (1992) 90s '90s 1990s nineties"], "\udfff")
 def test_any_reason_text_scores_in_range(dataset, judge, reasons, request):
     items = tuple(range(1, len(reasons) + 1))
     history = tuple(int(i) for i in dataset.sequences[0][:5])
-    try:
-        scores = judge(JudgeCase(items, tuple(reasons), history, request=request))
-    except UnicodeEncodeError:  # the hash encoder, like TextEncoder, refuses unpaired surrogates
-        return
+    scores = judge(JudgeCase(items, tuple(reasons), history, request=request))
     assert scores.shape == (len(reasons), len(JUDGE_ASPECTS))
     assert np.all((scores >= 0) & (scores <= 1))
     assert np.all((overall(scores) >= 0) & (overall(scores) <= 1))
@@ -154,7 +152,7 @@ def test_llm_judge_runs_a_tiny_model_and_returns_one_row_per_line(dataset, tmp_p
     judge = build_judge(typed(JudgeConfig, node), dataset, encoder=None)
     assert isinstance(judge, LLMJudge)
     history = tuple(int(i) for i in dataset.sequences[0][:6])
-    case = JudgeCase((1, 2), ("a fine pick", "like the ones you played"), history, request="something calm")
+    case = JudgeCase((1, 2), ("a fine pick", "like the ones you \ud800 played"), history, request="something calm")
     scores = judge(case)
     assert scores.shape == (2, len(JUDGE_ASPECTS))
     assert np.all((scores > 0) & (scores < 1))
