@@ -24,12 +24,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class StackConfig:
-    """Everything an episode needs, as config. `reward` is a preset of the `reward` group (`rewards.RewardConfig`)."""
+    """Everything an episode needs, as config. `reward` is a preset of the `reward` group (`rewards.RewardConfig`),
+    `judge` one of the `judge` group (`rewards.judge.JudgeConfig`: what scores the answer lines' reasons)."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     sasrec: TRMConfig = field(default_factory=TRMConfig)
     trm: TRMConfig = field(default_factory=TRMConfig)
     reward: Any = None
+    judge: Any = None
     env: EnvConfig = field(default_factory=EnvConfig)
     text: EncoderConfig = field(default_factory=EncoderConfig)
     artifacts: str = "artifacts"  # cache root: datasets, embeddings, checkpoints
@@ -52,10 +54,12 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from rewards import RewardConfig
+    from rewards.judge import JudgeConfig
 
     store = ConfigStore.instance()
     store.store(name="stack_schema", node=StackConfig)
     store.store(group="reward", name="schema", node=RewardConfig)
+    store.store(group="judge", name="schema", node=JudgeConfig)
 
 
 def compose(primary: str = "env_config", overrides: Sequence[str] = ()) -> Any:

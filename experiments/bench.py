@@ -18,6 +18,9 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
 - `rollouts`: episodes per second of the scripted agent on the local backend and on Ray with 1 and 2 rollout
   workers, Ray's overhead per episode, and the trainer's evaluation phase wall time local vs 2 workers (run it with
   `bench.tasks=[rollouts] bench.datasets=[ml-100k]`, and `trainer.evaluation.*` to size the phase).
+- `judge`: the rule judge's ms per answer line (mean, p50/p95 over answers) on 10-line answers of the labelled set
+  of `experiments.judge` (every kind of reason), after warm-up answers that taught it their words, and on the first
+  answer, whose words are all new (run it with `bench.tasks=[judge] bench.datasets=[ml-100k]`).
 Select with `bench.tasks=[sasrec_train] bench.datasets=[ml-100k,games]`; results go to `bench.json` in the run
 directory and to stdout.
 """
@@ -524,6 +527,38 @@ def bench_rollouts(cfg: DictConfig) -> dict:
     return result
 
 
+def bench_judge(cfg: DictConfig) -> dict:
+    """Milliseconds per answer line of the rule judge (`rewards.judge.RuleJudge`) on the 10-line answers of the
+    labelled set of `bench.repeats` users (four answers each, one per kind of reason): timed on the second half, the
+    first half having taught the judge its words; and on the first answer it ever saw (every word new)."""
+    from experiments.judge import labelled_cases
+    from rewards.judge import RuleJudge
+
+    config, dataset, _ = dataset_parts(cfg)
+    judge = RuleJudge(dataset, text_encoder(config.text))
+    cases = [c.case for c in labelled_cases(dataset, cfg.bench.repeats, 10, cfg.seed)]
+    started = time.perf_counter()
+    judge(cases[0])
+    first = 1000 * (time.perf_counter() - started) / len(cases[0].items)
+    latencies = []
+    for case in cases[1:]:
+        started = time.perf_counter()
+        judge(case)
+        latencies.append(1000 * (time.perf_counter() - started) / len(case.items))
+    timed = latencies[len(latencies) // 2 :]
+    p50, p95 = np.percentile(timed, [50, 95])
+    return {
+        "dataset": dataset.name,
+        "answer_lines": len(cases[0].items),
+        "answers_timed": len(timed),
+        "ms_per_line_mean": round(float(np.mean(timed)), 2),
+        "ms_per_line_p50": round(float(p50), 2),
+        "ms_per_line_p95": round(float(p95), 2),
+        "ms_per_line_first_answer": round(first, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 TASKS = {
     "contention": bench_contention,
     "rollouts": bench_rollouts,
@@ -531,6 +566,7 @@ TASKS = {
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "title_matching": bench_title_matching,
+    "judge": bench_judge,
     "tag_ppo": bench_tag_ppo,
     "sasrec_train": lambda cfg: bench_train(cfg, "sasrec"),
     "trm_train": lambda cfg: bench_train(cfg, "trm"),

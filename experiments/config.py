@@ -56,6 +56,15 @@ class PrepareConfig:
 
 
 @dataclass
+class JudgeEvalConfig:
+    """`experiments.judge`: the labelled set of reasons and the LLM judge's sample."""
+
+    users: int = 400  # seeded users, split in a development and a reported half
+    lines: int = 10  # items (answer lines) per user
+    pairs: int = 40  # judge=llm: (user, item) pairs of the reported half judged, each with its four reasons
+
+
+@dataclass
 class ProbeConfig:
     """`experiments.trm_probe` (synthetic dataset)."""
 
@@ -101,6 +110,7 @@ class ExperimentConfig(StackConfig):
     bench: BenchConfig = field(default_factory=BenchConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    judge_eval: JudgeEvalConfig = field(default_factory=JudgeEvalConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -24,7 +24,7 @@ from deeprec_env.protocol.checks import (
 from deeprec_env.protocol.codecs import CODECS, Action, ChatCodec, Codec, TagsCodec, get_codec
 from deeprec_env.protocol.handles import ITEM_REFS, item_handles
 from deeprec_env.protocol.interests import INTERESTS_CLOSE, INTERESTS_OPEN, Interests, parse_interests, render_interests
-from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title
+from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatcher, normalize_title, title_variants
 from deeprec_env.protocol.prompts import (
     INSTRUCTIONS,
     PROFILE_LEAD,
@@ -117,6 +117,7 @@ __all__ = [
     "item_handles",
     "normalize_preference",
     "normalize_title",
+    "title_variants",
     "numbered",
     "parse_interests",
     "render_interests",

@@ -49,7 +49,7 @@ def _numerals(key: str) -> frozenset[str]:
     return frozenset(tok for tok in key.split() if tok.isdigit() or _ROMAN_RE.match(tok))
 
 
-def _title_variants(title: str) -> set[str]:
+def title_variants(title: str) -> set[str]:
     """Normalised keys an item answers to: the title, without trailing parentheticals (alternative titles), and
     with a trailing article moved to the front or dropped ('American President, The' -> 'the american president',
     'american president')."""
@@ -103,7 +103,7 @@ class TitleMatcher:
             meta = items[item]
             base, title_year = _split_year(meta.title)
             self._years[item] = meta.year if meta.year is not None else title_year
-            keys = _title_variants(base) or {normalize_title(meta.title)}
+            keys = title_variants(base) or {normalize_title(meta.title)}
             self._item_keys[item] = tuple(sorted(keys))
             for key in keys:
                 self._index.setdefault(key, []).append(item)
