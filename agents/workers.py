@@ -423,7 +423,10 @@ def tasks_of(users: Sequence[int], cuts: Sequence[int] | None, seed: int) -> lis
 
 
 def replace_encoder(reward, encoder):
-    """A bound reward (`deeprec_env.stack.BoundReward`) whose context uses `encoder`."""
+    """A bound reward (`deeprec_env.stack.BoundReward`) whose context, and judge, use `encoder`."""
     from deeprec_env.stack import BoundReward
 
-    return BoundReward(reward.reward, replace(reward.context, encoder=encoder), reward.config)
+    judge = reward.context.judge
+    if judge is not None and hasattr(judge, "with_encoder"):
+        judge = judge.with_encoder(encoder)
+    return BoundReward(reward.reward, replace(reward.context, encoder=encoder, judge=judge), reward.config)

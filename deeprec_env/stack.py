@@ -60,8 +60,8 @@ def text_encoder(config: Any):
 
 class Stack:
     """The parts every env of a run shares: the typed stack `config`, the dataset and its artifact directory, and
-    the encoder, TRM, retriever, title matcher and reward, each built from the config when first used (so a command
-    trains only what it needs) and then kept. Parts given to the constructor are used as they are."""
+    the encoder, TRM, retriever, title matcher, judge and reward, each built from the config when first used (so a
+    command trains only what it needs) and then kept. Parts given to the constructor are used as they are."""
 
     def __init__(
         self,
@@ -73,11 +73,19 @@ class Stack:
         trm: Any = None,
         retriever: Any = None,
         matcher: Any = None,
+        judge: Any = None,
         reward: BoundReward | None = None,
         reward_node: Any = None,
     ):
         self.config, self.dataset, self.root = config, dataset, root
-        self._parts = {"encoder": encoder, "trm": trm, "retriever": retriever, "matcher": matcher, "reward": reward}
+        self._parts = {
+            "encoder": encoder,
+            "trm": trm,
+            "retriever": retriever,
+            "matcher": matcher,
+            "judge": judge,
+            "reward": reward,
+        }
         self._reward_node = reward_node
 
     @property
@@ -103,6 +111,15 @@ class Stack:
         from deeprec_env.protocol import TitleMatcher
 
         return self._part("matcher", lambda: TitleMatcher(self.dataset, self.config.env.fuzzy_threshold))
+
+    @property
+    def judge(self):
+        """The judge of answer-line reasons the config names (`rewards.judge`; the `judge` group, default `rule`)."""
+        from rewards.judge import JudgeConfig, build_judge
+
+        return self._part(
+            "judge", lambda: build_judge(typed(JudgeConfig, self.config.judge or {}), self.dataset, self.encoder)
+        )
 
     @property
     def reward(self) -> BoundReward | None:
@@ -134,7 +151,7 @@ class Stack:
         for model in (config.sasrec, config.trm, config.trm.backbone):
             if model is not None:
                 model.train.holdout = cuts
-        shared = {"encoder": self._parts["encoder"], "matcher": self._parts["matcher"]}
+        shared = {"encoder": self._parts["encoder"], "matcher": self._parts["matcher"], "judge": self._parts["judge"]}
         if self._reward_node is None:
             shared["reward"] = self._parts["reward"]
         return Stack(config, self.dataset, self.root, **shared, reward_node=self._reward_node)

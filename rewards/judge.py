@@ -20,6 +20,7 @@ causal LM, per line and aspect, a yes/no question and scores P(yes) / (P(yes) + 
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -176,6 +177,13 @@ class RuleJudge:
         self._word_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         nouns = catalogue_lexicon(dataset.catalogue).nouns
         self._plain_words = TEMPLATE_WORDS | set(_words(" ".join([*nouns, *self.categories])))  # say nothing of a user
+
+    def with_encoder(self, encoder: Any) -> RuleJudge:
+        """This judge reading new words with `encoder` (a rollout worker's served encoder), its tables shared."""
+        judge = copy.copy(self)
+        judge.encoder = encoder
+        judge._word_vectors = OrderedDict(self._word_vectors)
+        return judge
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

@@ -54,7 +54,7 @@ def real_data_root() -> Path:
 
 def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root=None):
     """A `Stack` of hand-made parts instead of trained ones: a small random preference-aware TRM, a hash encoder
-    and (given a reward config node) the reward bound to them."""
+    and (given a reward config node) the reward bound to them (with the rule judge of reasons on the hash encoder)."""
     import torch
 
     from deeprec_env.config import StackConfig
@@ -64,6 +64,7 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
     from deeprec_env.trm.queries import aspect_table
     from deeprec_env.trm.retriever import InProcessRetriever
     from rewards import RewardContext, build_reward
+    from rewards.judge import RuleJudge
 
     torch.manual_seed(0)
     item_text = torch.randn(dataset.n_items + 1, text_dim)
@@ -82,6 +83,7 @@ def random_stack(dataset, config=None, reward_node=None, text_dim: int = 8, root
             item_aspects=aspect_table(dataset),
             names_item=TitleMatcher(dataset).names_item,
             latent_interests=latent_interests(dataset),
+            judge=RuleJudge(dataset, HashEncoder(256)),  # wide: random word vectors make no false synonyms
         )
         reward = BoundReward(build_reward(reward_node), context)
     return Stack(

@@ -146,7 +146,7 @@ def test_profile_needs_user_features(dataset):
 def recgpt_stack(dataset):
     from tests.fakes import random_stack
 
-    return random_stack(dataset, reward_node={"interest": {"weight": 1.0}})
+    return random_stack(dataset, reward_node={"interest": {"weight": 1.0}, "explanation": {"weight": 1.0}})
 
 
 def play(stack, cls, protocol, users, **env):
@@ -164,6 +164,7 @@ def test_teacher_writes_interests_and_reasons(recgpt_stack, protocol):
             assert len(episode.answer_reasons) == 10 and all(episode.answer_reasons)
             assert all(i is not None for i in episode.answer_ids)  # the reasons do not break item matching
             assert 0.0 < episode.reward_unweighted["interest"] <= 1.0
+            assert 0.5 < episode.reward_unweighted["explanation"] <= 1.0
 
 
 def test_plain_env_ignores_the_recgpt_blocks(recgpt_stack):
@@ -230,3 +231,43 @@ def test_scripted_interests_recover_latent_categories(tmp_path):
         stated = [tag for tag, _ in block.long_term if tag in names]
         hits.append(bool(stated) and stated[0] == names[int(np.argmax(data.extras["user_preferences"][user]))])
     assert np.mean(hits) >= 0.8
+
+
+def test_explanation_reward_reads_the_judge(recgpt_stack):
+    """Only lines with a valid item and a reason count, over rec_k; generic praise scores below the teacher's reasons;
+    without a judge the reward says what it needs."""
+    from deeprec_env.episode import Episode
+    from rewards import ExplanationReward
+
+    dataset, context = recgpt_stack.dataset, recgpt_stack.reward.context
+    history, target = dataset.history_and_target(3, "valid")
+    items = [i for i in range(1, dataset.n_items + 1) if i not in set(history.tolist())][:10]
+    teacher = ScriptedAgent(dataset, "tags", 10)
+    teacher.history = [int(i) for i in history]
+
+    def score(reasons, ids=items):
+        episode = Episode(user=3, split="valid", history=history, target=target, rec_k=10, codec="tags")
+        episode.answer_ids, episode.answer_reasons = tuple(ids), tuple(reasons)
+        return ExplanationReward(1.0)(episode, context)
+
+    honest = score(teacher.reasons(items))
+    assert 0.5 < honest <= 1.0
+    assert score(["a great pick that you will love"] * 10) < honest
+    assert score(teacher.reasons(items)[:5] + [""] * 5) == pytest.approx(score(teacher.reasons(items[:5]), items[:5]))
+    assert score(teacher.reasons(items), [None] * 10) == 0.0
+    with pytest.raises(ValueError, match="needs a judge"):
+        ExplanationReward(1.0)(Episode(0, "valid", history, target, 10, "tags"), RewardContext())
+
+
+def test_recgpt_probes_earn_less_than_the_teacher(recgpt_stack):
+    """Every RecGPT trick (the teacher's calls and answer, other interests or reasons) earns less than the teacher."""
+    from agents.probes import RECGPT_PROBES
+
+    users = [int(u) for u in recgpt_stack.dataset.eval_users("valid")[:20]]
+
+    def mean_reward(cls):
+        return np.mean([e.reward_total for e in play(recgpt_stack, cls, "chat", users, **RECGPT_ENV)])
+
+    honest = mean_reward(ScriptedAgent)
+    for name, cls in RECGPT_PROBES.items():
+        assert mean_reward(cls) < honest, name
