@@ -123,26 +123,28 @@ class TextAgent:
         return render_interests(list(long_term.items()), list(recent.items())) + "\n"
 
     def reasons(self, items: Sequence[int]) -> list[str]:
-        """Why each item suits this user, one sentence each: up to two categories it shares with the history (other
-        aspects where it shares no category) and the most recent history title sharing the most aspects (one not
-        named for an earlier line where another shares as many); the item's own aspects where it shares none."""
-        named: set[int] = set()
+        """Why each item suits this user, one sentence each: what the item is (its categories, else its aspects, up
+        to three, and its year) and a history title it shares an aspect with, the least named one so far first, then
+        the one sharing most, then the most recent ("new for you" where none shares any)."""
+        uses: Counter[int] = Counter()
         out = []
         for item in items:
             own = self.aspects(item)
-            best, shared = None, []
-            for past in reversed(self.history):
-                common = [a for a in own if a in self.aspects(past)]
-                fresh_tie = len(common) == len(shared) and best in named and past not in named
-                if past != item and common and (len(common) > len(shared) or fresh_tie):
-                    best, shared = past, common
-            if best is None:
-                out.append(f"{' and '.join(own[:2]) or 'something'} for a change from your usual picks")
+            meta = self.dataset.items[item]
+            kinds = [normalize_tag(c) for c in meta.categories][:3] or own[:3] or ["something"]
+            what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+            what += f" from {meta.year}" if meta.year else ""
+            sharing = [
+                (uses[past], -len(set(own) & set(self.aspects(past))), -at, past)
+                for at, past in enumerate(self.history)
+                if past != item and set(own) & set(self.aspects(past))
+            ]
+            if not sharing:
+                out.append(f"{what}, new for you")
                 continue
-            named.add(best)
-            categories = {normalize_tag(c) for c in self.dataset.items[item].categories}
-            said = [a for a in shared if a in categories][:2] or shared[:2]
-            out.append(f"{' and '.join(said)}, like {self.dataset.items[best].title}, which you chose before")
+            anchor = min(sharing)[-1]
+            uses[anchor] += 1
+            out.append(f"{what}, like {self.dataset.items[anchor].title}")
         return out
 
     def act(self, observation: str, info: dict) -> str:
