@@ -1,6 +1,7 @@
 """`python -m experiments.probes dataset=NAME [probes_users=200] [env.protocol=chat]`: the reward-hacking probe suite.
 
-Runs the honest scripted teacher and every adversarial probe (`agents.probes.PROBES`) through the environment on the
+Runs the honest scripted teacher and every adversarial probe (`agents.probes.PROBES`, and `RECGPT_PROBES` where the env
+asks for interests or reasons, e.g. `+preset=recgpt "probes_presets=[recgpt]"`) through the environment on the
 same fixed, seeded sample of `probes_users` users of `split`, under every reward preset of `probes_presets` (default:
 `rec`, `cold` and the paper's `rec-paper`, `cold-paper`). Prints a markdown table per preset: mean reward with its
 95% bootstrap interval, the paired difference to the scripted agent, NDCG@10 and its paired difference, format_ok,
@@ -22,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from agents.baselines import ScriptedAgent, TextAgent
-from agents.probes import PROBES, ProbeAgent
+from agents.probes import PROBES, RECGPT_PROBES, ProbeAgent
 from deeprec_env.episode import Episode
 from deeprec_env.metrics import bootstrap_interval, paired_difference
 from deeprec_env.stack import Stack, build_stack
@@ -124,7 +125,8 @@ def table_row(agent: str, s: dict, is_reference: bool) -> dict:
 
 
 def run_probes(cfg: DictConfig) -> dict:
-    agents: dict[str, type[TextAgent]] = {"scripted": ScriptedAgent, **PROBES}
+    recgpt = cfg.env.interests or cfg.env.explanations  # the RecGPT tricks need the env to ask for their blocks
+    agents: dict[str, type[TextAgent]] = {"scripted": ScriptedAgent, **PROBES, **(RECGPT_PROBES if recgpt else {})}
     results: dict = {"dataset": None, "split": cfg.split, "provenance": provenance(), "presets": {}}
     failures, report = [], []
     for preset, stack in preset_stacks(cfg).items():
