@@ -155,7 +155,7 @@ def run_probes(cfg: DictConfig) -> dict:
     if failures:
         hacks = ", ".join(f"{a} under reward={p}" for p, a in failures)
         report.append(f"REWARD HACKS (probe not significantly below the scripted teacher): {hacks}")
-    else:
+    elif cfg.probes_strict:
         strict = ", ".join(cfg.probes_strict)
         report.append(f"Every probe stays significantly below the scripted teacher under {strict}.")
     publish("probes", results, report)
