@@ -494,7 +494,7 @@ class InterestReward(Component):
     name = "interest"
     level = "process"
 
-    def __init__(self, weight: float = 0.0, max_tags: int = 5, recent_items: int = 5) -> None:
+    def __init__(self, weight: float = 1.0, max_tags: int = 5, recent_items: int = 5) -> None:
         super().__init__(weight)
         self.max_tags = int(max_tags)
         self.recent_items = int(recent_items)
