@@ -222,6 +222,7 @@ def latent_category_recovery(dataset: RecDataset, episodes) -> dict[str, np.ndar
 
     preferences = dataset.extras["user_preferences"]
     names = synthetic_category_names(preferences.shape[1])
+    tags = [name.lower() for name in names]
     precision, recall, top = [], [], []
     for episode in episodes:
         true = {n for n, w in zip(names, preferences[episode.user], strict=True) if w > 0}
@@ -229,11 +230,9 @@ def latent_category_recovery(dataset: RecDataset, episodes) -> dict[str, np.ndar
         named = {n for n in names if n.lower() in text}
         precision.append(len(named & true) / len(named) if named else np.nan)
         recall.append(len(named & true) / len(true))
-        stated = (
-            [(w, t) for t, w in episode.interests.long_term if t in map(str.lower, names)] if episode.interests else []
-        )
+        stated = [(w, t) for t, w in episode.interests.long_term if t in tags] if episode.interests else []
         heaviest = max(stated, key=lambda wt: wt[0])[1] if stated else None
-        top.append(heaviest == names[int(np.argmax(preferences[episode.user]))].lower())
+        top.append(heaviest == tags[int(np.argmax(preferences[episode.user]))])
     recovery = {"query_category_precision": np.array(precision), "query_category_recall": np.array(recall)}
     if any(e.interests for e in episodes):
         recovery["interest_top_latent"] = np.array(top, dtype=float)
