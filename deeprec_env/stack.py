@@ -248,15 +248,15 @@ def bind_reward(node: Any, stack: Stack) -> BoundReward:
 
 
 def latent_interests(dataset: RecDataset) -> list[dict[str, float]] | None:
-    """Per user id, the synthetic users' latent category mixture as {category in lower case: weight}; None for a
-    dataset that does not know its users' interests."""
+    """Per user id, the synthetic users' latent category mixture as {category in lower case: weight}, every category
+    present (0 where the user has none); None for a dataset that does not know its users' interests."""
     if "user_preferences" not in dataset.extras:
         return None
     from deeprec_env.data.synthetic import synthetic_category_names
 
     preferences = dataset.extras["user_preferences"]
     names = [name.lower() for name in synthetic_category_names(preferences.shape[1])]
-    return [{n: float(w) for n, w in zip(names, row, strict=True) if w > 0} for row in preferences]
+    return [{n: float(w) for n, w in zip(names, row, strict=True)} for row in preferences]
 
 
 def stack_config(cfg: Any) -> StackConfig:

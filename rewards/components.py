@@ -486,10 +486,11 @@ def total_variation(p: Mapping[str, float], q: Mapping[str, float]) -> float:
 
 class InterestReward(Component):
     """How well the agent's interest block (`Episode.interests`) matches the user: per part (long term: the whole
-    history, or the user's latent interests where the context knows them; recent: the last `recent_items` history
-    items), 1 - total variation between the stated weights of the first `max_tags` tags and the shares of the user's
-    `max_tags` most frequent aspects; the mean over the two parts. 0 without a block; a part that states nothing
-    scores 0."""
+    history; recent: the last `recent_items` history items), 1 - total variation between the stated weights of the
+    first `max_tags` tags and the shares of the user's `max_tags` most frequent aspects; the mean over the two parts.
+    Where the context knows the users' latent interests (synthetic), the long-term part is scored against them
+    instead, over their vocabulary (the categories: an era tag is neither right nor wrong there). 0 without a block;
+    a part that states nothing scores 0."""
 
     name = "interest"
     level = "process"
@@ -499,24 +500,30 @@ class InterestReward(Component):
         self.max_tags = int(max_tags)
         self.recent_items = int(recent_items)
 
-    def truth(self, episode: Episode, context: RewardContext) -> dict[str, dict[str, float]]:
-        """The true shares per part."""
+    def truth(self, episode: Episode, context: RewardContext) -> dict[str, tuple[dict[str, float], set[str] | None]]:
+        """Per part, the true shares and the vocabulary stated tags are read over (None: every tag)."""
         if context.item_aspects is None:
             raise ValueError("the interest reward needs RewardContext.item_aspects")
         history = np.asarray(episode.history)
-        long_term = aspect_shares(history, context.item_aspects, self.max_tags)
+        parts = {
+            "long_term": (aspect_shares(history, context.item_aspects, self.max_tags), None),
+            "recent": (aspect_shares(history[-self.recent_items :], context.item_aspects, self.max_tags), None),
+        }
         if context.latent_interests is not None:
             latent = context.latent_interests[episode.user]
-            long_term = stated_shares(sorted(latent.items(), key=lambda kv: (-kv[1], kv[0])), self.max_tags)
-        recent = aspect_shares(history[-self.recent_items :], context.item_aspects, self.max_tags)
-        return {"long_term": long_term, "recent": recent}
+            top = stated_shares(sorted(latent.items(), key=lambda kv: (-kv[1], kv[0])), self.max_tags)
+            parts["long_term"] = (top, set(latent))
+        return parts
 
     def __call__(self, episode: Episode, context: RewardContext) -> float:
         if episode.interests is None:
             return 0.0
         scores = []
-        for part, truth in self.truth(episode, context).items():
-            stated = stated_shares(episode.interests.part(part), self.max_tags)
+        for part, (truth, vocabulary) in self.truth(episode, context).items():
+            entries = episode.interests.part(part)
+            if vocabulary is not None:
+                entries = tuple((tag, weight) for tag, weight in entries if tag in vocabulary)
+            stated = stated_shares(entries, self.max_tags)
             scores.append(1.0 - total_variation(stated, truth) if stated and truth else 0.0)
         return float(np.mean(scores))
 

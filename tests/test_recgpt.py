@@ -208,13 +208,14 @@ def test_interest_reward_reads_latent_interests():
     from deeprec_env.episode import Episode
     from deeprec_env.protocol import Interests
 
-    aspects = [(), ("mystery",), ("western",)]
-    latent = [{"western": 0.8, "mystery": 0.2}]
+    aspects = [(), ("mystery", "1980s"), ("western",)]
+    latent = [{"western": 0.8, "mystery": 0.2, "horror": 0.0}]
     reward = InterestReward(weight=1.0)
     episode = Episode(user=0, split="valid", history=np.array([1, 1, 1]), target=2, rec_k=10, codec="tags")
-    episode.interests = Interests((("western", 0.8), ("mystery", 0.2)), (("mystery", 1.0),))
+    recent = (("mystery", 0.5), ("1980s", 0.5))
+    episode.interests = Interests((("1980s", 0.5), ("western", 0.4), ("mystery", 0.1)), recent)
     assert reward(episode, RewardContext(item_aspects=aspects, latent_interests=latent)) == pytest.approx(1.0)
-    assert reward(episode, RewardContext(item_aspects=aspects)) == pytest.approx(0.6)  # behaviour: all mystery
+    assert reward(episode, RewardContext(item_aspects=aspects)) == pytest.approx(0.8)  # behaviour: mystery, 1980s
 
 
 def test_scripted_interests_recover_latent_categories(tmp_path):
