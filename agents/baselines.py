@@ -127,6 +127,7 @@ class TextAgent:
         to three, and its year) and a history title it shares an aspect with, the least named one so far first, then
         the one sharing most, then the most recent ("new for you" where none shares any)."""
         uses: Counter[int] = Counter()
+        history = [(at, past, set(self.aspects(past))) for at, past in enumerate(self.history)]
         out = []
         for item in items:
             own = self.aspects(item)
@@ -134,11 +135,8 @@ class TextAgent:
             kinds = [normalize_tag(c) for c in meta.categories][:3] or own[:3] or ["something"]
             what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
             what += f" from {meta.year}" if meta.year else ""
-            sharing = [
-                (uses[past], -len(set(own) & set(self.aspects(past))), -at, past)
-                for at, past in enumerate(self.history)
-                if past != item and set(own) & set(self.aspects(past))
-            ]
+            shared = {past: len(aspects.intersection(own)) for _, past, aspects in history if past != item}
+            sharing = [(uses[past], -shared[past], -at, past) for at, past, _ in history if shared.get(past)]
             if not sharing:
                 out.append(f"{what}, new for you")
                 continue

@@ -27,7 +27,7 @@ from agents.training.warm_start import teacher_episodes, warm_start
 from agents.workers import RolloutPool, start_ray
 from deeprec_env.config import typed
 from deeprec_env.data.dataset import RecDataset
-from deeprec_env.metrics import paired_difference
+from deeprec_env.metrics import list_ranks, paired_difference, ranking_metrics
 from deeprec_env.stack import Stack
 from experiments.common import CONFIG_PATH, command_pool, entry_point, markdown_table, seeded_sample, write_json
 from experiments.prepare import prepare
@@ -165,8 +165,6 @@ class Run:
         paired differences of the last model against the first in reward, NDCG@10 and each reward term that is on
         (unweighted), and each user's rewards (`validation_rewards.csv`, for re-analysis such as a subset's
         interval)."""
-        from experiments.probes import answer_ndcg
-
         reward = self.valid_stack.reward
         active = [name for name, weight in reward.reward.weights.items() if weight]
         rewards, per_user, summary = {}, {}, {}
@@ -176,7 +174,8 @@ class Run:
                 self.pool, policy, self.valid_stack, self.env, users, "valid", self.trainer.n_envs, True
             )
             rewards[name] = np.array([e.reward_total for e in episodes])
-            per_user[name] = {"reward": rewards[name], "ndcg@10": np.array([answer_ndcg(e) for e in episodes])}
+            ranks = list_ranks([e.ranked_ids[: e.rec_k] for e in episodes], [e.target for e in episodes])
+            per_user[name] = {"reward": rewards[name], "ndcg@10": ranking_metrics(ranks)["ndcg@10"]}
             per_user[name] |= {term: np.array([e.reward_unweighted[term] for e in episodes]) for term in active}
             summary[name] = validation_scalars(episodes)
         first, last = list(models)[0], list(models)[-1]
