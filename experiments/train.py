@@ -2,9 +2,9 @@
 
 Phases (`trainer.phases`, in order): `warm_start` (the scripted teacher's episodes through the env, SFT),
 `stage1` (GRPO with the process-reward preset `trainer.stage1.reward`, default `cold`), `stage2` (GRPO with the
-root `reward` config, default `rec`), `evaluate` (warm start vs stage 2 on the same validation users, then the
-test table beside pop, sasrec, trm, scripted and oracle). Everything lands in `trainer.output_dir`: a finished
-phase (its `final/` model) is skipped on a rerun, an interrupted one resumes from its last checkpoint.
+root `reward` config, default `rec`), `evaluate` (warm start vs the last GRPO stage that ran on the same validation
+users, then the test table beside pop, sasrec, trm, scripted and oracle). Everything lands in `trainer.output_dir`:
+a finished phase (its `final/` model) is skipped on a rerun, an interrupted one resumes from its last checkpoint.
 TensorBoard: `tensorboard --logdir <output_dir>/tensorboard`.
 """
 
@@ -198,8 +198,8 @@ class Run:
         return result
 
     def evaluate(self, models: dict[str, Path]) -> dict:
-        """Warm start vs stage 2 on `trainer.evaluation.valid_users` validation users, then the test table: the
-        policies in the env they were trained in, beside the baselines on the same users."""
+        """Warm start vs the last GRPO stage on `trainer.evaluation.valid_users` validation users, then the test
+        table: the policies in the env they were trained in, beside the baselines on the same users."""
         from experiments.evaluate import evaluate
 
         evaluation_config = self.trainer.evaluation
@@ -303,6 +303,12 @@ def write_report(cfg: DictConfig, out: Path, results: dict, timings: dict) -> Pa
     return path
 
 
+def compared_models(models: dict[str, Path]) -> dict[str, Path]:
+    """What the `evaluate` phase compares: the warm start and the last GRPO stage that ran (stage 2, else stage 1)."""
+    stages = [name for name in ("grpo-stage1", "grpo-stage2") if name in models]
+    return {name: models[name] for name in ("warm-start", *stages[-1:]) if name in models}
+
+
 def train(cfg: DictConfig) -> dict:
     unknown = [p for p in cfg.trainer.phases if p not in PHASES]
     if unknown:
@@ -331,9 +337,7 @@ def train_run(run: Run) -> dict:
         elif phase in ("stage1", "stage2"):
             current = models[f"grpo-{phase}"] = run.stage(phase, current)
         else:
-            results = run.evaluate(
-                {name: path for name, path in models.items() if name in ("warm-start", "grpo-stage2")}
-            )
+            results = run.evaluate(compared_models(models))
         if not skipped:
             timings[phase] = round(time.perf_counter() - started, 1)
             write_json(timings_path, timings)

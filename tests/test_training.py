@@ -569,3 +569,31 @@ def test_policies_agree_on_what_shapes_evaluation_episodes_fields_added_later_re
     save_policy_settings(tmp_path / "new", "ml-100k", replace(env, train_cuts=5), PolicyConfig())  # train split only
     trained_env, _ = policy_settings(compose("config", []), {"a": tmp_path / "old", "b": tmp_path / "new"})
     assert trained_env["item_refs"] == "handles" and trained_env["requests"] is False
+
+
+def test_evaluation_compares_the_warm_start_with_the_last_grpo_stage_that_ran(tmp_path):
+    from experiments.train import compared_models
+
+    warm, stage1, stage2 = (tmp_path / name for name in ("warm", "stage1", "stage2"))
+    both = {"warm-start": warm, "grpo-stage1": stage1, "grpo-stage2": stage2}
+    assert compared_models(both) == {"warm-start": warm, "grpo-stage2": stage2}
+    assert compared_models({"warm-start": warm, "grpo-stage1": stage1}) == {"warm-start": warm, "grpo-stage1": stage1}
+    assert compared_models({"grpo-stage2": stage2}) == {"grpo-stage2": stage2}
+
+
+def test_recgpt_preset_scores_stage1_with_the_recgpt_terms_and_no_hit_terms():
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from deeprec_env.config import compose
+    from rewards.hierarchical import load_reward_config
+
+    cfg = compose("config", ["+preset=recgpt"])
+    assert (cfg.reward.name, cfg.trainer.stage1.reward, cfg.trainer.validation.reward) == (
+        "recgpt",
+        "recgpt-cold",
+        "recgpt",
+    )
+    stage1 = load_reward_config(compose("config", ["reward=recgpt-cold"]).reward)
+    stage2 = load_reward_config(cfg.reward)
+    assert stage1.hit_rank.weight == stage1.point.weight == 0 and stage2.hit_rank.weight > 0
+    for name in ("format", "interest", "explanation", "invocation", "diversity"):
+        assert getattr(stage1, name).weight == getattr(stage2, name).weight > 0, name

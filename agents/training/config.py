@@ -146,12 +146,12 @@ class TagPPOConfig:
 @dataclass
 class ValidationConfig:
     users: int = 64  # fixed, seeded validation users for the learning curves
-    reward: str = "rec"  # the reward preset validation scores with (curves, warm start vs stage 2)
+    reward: str = "rec"  # the reward preset validation scores with (curves, warm start vs the last GRPO stage)
 
 
 @dataclass
 class EvaluationConfig:
-    valid_users: int = 1000  # seeded validation users for the warm start vs stage 2 comparison (0: all)
+    valid_users: int = 1000  # seeded validation users for the warm start vs last GRPO stage comparison (0: all)
     users: int = 300  # seeded test users for the final table
     agents: list[str] = field(default_factory=lambda: ["pop", "sasrec", "trm", "scripted", "oracle"])
 
