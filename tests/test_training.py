@@ -597,3 +597,27 @@ def test_recgpt_preset_scores_stage1_with_the_recgpt_terms_and_no_hit_terms():
     assert stage1.hit_rank.weight == stage1.point.weight == 0 and stage2.hit_rank.weight > 0
     for name in ("format", "interest", "explanation", "invocation", "diversity"):
         assert getattr(stage1, name).weight == getattr(stage2, name).weight > 0, name
+
+
+def test_recgpt_preset_gives_the_policy_a_turn_that_holds_the_teachers_answer_with_reasons(dataset, stack):
+    """Ten answer lines with reasons are longer than the default turn: the preset's turn budget, counted with the
+    policy's own tokenizer (its vocabulary size, trained on the preset's protocol), holds the teacher's answers."""
+    import dataclasses
+
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from agents.baselines import TRMAgent
+    from agents.rollout import rollout
+    from deeprec_env.config import compose
+
+    cfg = compose("config", ["+preset=recgpt"])
+    env = dict(cfg.trainer.env)
+    protocol = dataclasses.replace(EnvConfig(), **env)
+    policy_tokenizer = train_tokenizer(dataset, cfg.policy.vocab_size, protocol)
+    vector_env = stack.make_vector_env(4, autoreset_mode="Disabled", **env)
+    users = [int(u) for u in dataset.eval_users("valid")[:16]]
+    episodes = rollout(vector_env, lambda: TRMAgent(dataset, "chat"), users, "valid", show_progress=False)
+    answers = [e.transcript[-1]["content"] for e in episodes]
+    assert all(len(e.answer_reasons) == 10 and all(e.answer_reasons) for e in episodes)
+    lengths = [len(policy_tokenizer(answer)["input_ids"]) for answer in answers]
+    assert max(lengths) <= cfg.policy.max_new_tokens, lengths
+    assert max(lengths) > PolicyConfig().max_new_tokens * 0.75  # reasons take most of a default-length turn
