@@ -59,7 +59,7 @@ class PolicyConfig:
     n_embd: int = 128
     n_positions: int = 4096
     dropout: float = 0.0  # attention dropout sends CPU attention down PyTorch's slow path
-    max_new_tokens: int = 256  # per agent turn: room for a 10-line answer
+    max_new_tokens: int = 256  # per agent turn: room for a 10-line answer without reasons (`+preset=recgpt`: 384)
     temperature: float = 0.0  # 0 = greedy (evaluation); GRPO samples with the trainer's temperature
     batch_size: int = 16  # prompts generated together
     seed: int = 0
