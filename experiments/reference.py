@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from deeprec_env.metrics import bootstrap_interval, paired_difference, ranking_m
 from deeprec_env.runtime import progress
 from deeprec_env.stack import Stack, build_stack
 from deeprec_env.trm.retriever import InProcessRetriever
+from deeprec_env.trm.train import partial_state_path, resumable_state, save_training_state
 from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
 from experiments.config import ReferenceConfig
 
@@ -127,8 +130,18 @@ def validation_metrics(score: Scorer, dataset: RecDataset, users: np.ndarray) ->
     return {metric: per_user[metric] for metric in ("ndcg@10", "recall@10")}
 
 
-def train_reference(dataset: RecDataset, config: ReferenceConfig, seed: int = 0) -> tuple[ReferenceSASRec, dict]:
-    """Train the reference and keep the weights of its best validation epoch: (model, log)."""
+def train_reference(
+    dataset: RecDataset,
+    config: ReferenceConfig,
+    seed: int = 0,
+    resume: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
+) -> tuple[ReferenceSASRec, dict]:
+    """Train the reference and keep the weights of its best validation epoch: (model, log).
+
+    After every validation the whole training state (weights, optimizer, both random generators, the best epoch so
+    far) goes to `save_state`; passing it back as `resume` continues the run with the same result as an
+    uninterrupted one, which is how a run longer than a session (Games: 200 epochs of 395 steps) finishes."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     users = dataset.eval_users("valid")
@@ -136,9 +149,17 @@ def train_reference(dataset: RecDataset, config: ReferenceConfig, seed: int = 0)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
     best = {"epoch": 0, "ndcg@10": -1.0, "recall@10": 0.0}
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    history = []
-    started = time.perf_counter()
-    for epoch in progress(range(1, config.epochs + 1), desc=f"reference SASRec on {dataset.name}"):
+    history, first_epoch, earlier_seconds = [], 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        rng.bit_generator.state = json.loads(resume["data_rng"])
+        best, best_state, history = json.loads(resume["best"]), resume["best_model"], json.loads(resume["history"])
+        first_epoch, earlier_seconds = resume["epoch"] + 1, resume["train_seconds"]
+    started = time.perf_counter() - earlier_seconds
+    epochs = range(first_epoch, config.epochs + 1)
+    for epoch in progress(epochs, desc=f"reference SASRec on {dataset.name}"):
         model.train()
         for inputs, positives, negatives in training_batches(dataset, config, rng):
             hidden = model.hidden_states(inputs)
@@ -160,21 +181,45 @@ def train_reference(dataset: RecDataset, config: ReferenceConfig, seed: int = 0)
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             elif config.patience and epoch >= best["epoch"] + config.patience * config.eval_every:
                 break
+            if save_state is not None:
+                save_state(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "data_rng": json.dumps(rng.bit_generator.state),
+                        "best": json.dumps(best),
+                        "best_model": best_state,
+                        "history": json.dumps(history),
+                        "train_seconds": time.perf_counter() - started,
+                    }
+                )
     model.load_state_dict(best_state)
     return model, {"best": best, "history": history, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 def load_or_train_reference(stack: Stack, config: ReferenceConfig, seed: int) -> tuple[ReferenceSASRec, dict]:
     """The reference trained on the stack's dataset, from the artifact cache (keyed by the recipe and seed) or
-    trained now; `experiments.evaluate agent=reference` ranks with the same cached model."""
+    trained now, resuming from the state an interrupted run saved at its last validation;
+    `experiments.evaluate agent=reference` ranks with the same cached model."""
     directory = Path(stack.root) / f"reference-sasrec-{config_hash(asdict(config) | {'seed': seed})}"
+    state_path = partial_state_path(directory)
+    key = json.dumps(asdict(config) | {"seed": seed}, sort_keys=True)
 
     def build(tmp: Path) -> None:
-        model, training = train_reference(stack.dataset, config, seed)
+        model, training = train_reference(
+            stack.dataset,
+            config,
+            seed,
+            resume=resumable_state(state_path, key, "reference SASRec"),
+            save_state=lambda state: save_training_state(state_path, key, state),
+        )
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(training, indent=1))
 
     cached(directory, build, "reference SASRec")
+    shutil.rmtree(state_path.parent, ignore_errors=True)
     model = ReferenceSASRec(stack.dataset.n_items, config)
     model.load_state_dict(torch.load(directory / "model.pt", weights_only=True))
     return model.eval(), json.loads((directory / "train_log.json").read_text())

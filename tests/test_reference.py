@@ -1,6 +1,8 @@
 """The published SASRec recipe (`experiments.reference`): a causal network, a scorer in the project's protocol, and
 training that learns and keeps its best validation epoch."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,42 @@ def test_the_trained_reference_is_cached_and_reused(tmp_path, caplog):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
     other, _ = load_or_train_reference(stack, config, seed=1)
     assert not torch.equal(other.items.weight, model.items.weight)
+
+
+def test_a_run_resumed_from_its_saved_state_ends_as_the_uninterrupted_run(dataset):
+    states = []  # copies: a saved state holds the live tensors, as torch.save reads them at once
+    model, log = train_reference(dataset, SMALL, seed=0, save_state=lambda state: states.append(copy.deepcopy(state)))
+    assert [s["epoch"] for s in states] == [4, 8, 12]
+    resumed, resumed_log = train_reference(dataset, SMALL, seed=0, resume=states[0])
+    assert resumed_log["history"] == log["history"] and resumed_log["best"] == log["best"]
+    weights = zip(model.state_dict().values(), resumed.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)
+
+
+def test_an_interrupted_reference_resumes_from_its_partial_state(tmp_path, caplog, monkeypatch):
+    from deeprec_env.config import compose
+    from deeprec_env.stack import build_stack
+    from experiments import reference
+
+    stack = build_stack(compose("config", ["dataset=synthetic", f"artifacts={tmp_path}"]), with_reward=False)
+    config = ReferenceConfig(hidden=8, max_len=10, epochs=4, eval_every=1)
+    uninterrupted, _ = reference.train_reference(stack.dataset, config, seed=0)
+
+    def stop_after_second_epoch(dataset, config, seed, resume, save_state):
+        def save_then_stop(state):
+            save_state(state)
+            if state["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        return train_reference(dataset, config, seed, resume, save_then_stop)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reference, "train_reference", stop_after_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            reference.load_or_train_reference(stack, config, seed=0)
+    with caplog.at_level("INFO"):
+        model, log = reference.load_or_train_reference(stack, config, seed=0)
+    assert "resuming reference SASRec training from epoch 2" in caplog.text
+    assert [h["epoch"] for h in log["history"]] == [1, 2, 3, 4]
+    assert torch.equal(model.items.weight, uninterrupted.items.weight)
+    assert not list(tmp_path.rglob("state.pt"))

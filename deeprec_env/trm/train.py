@@ -450,8 +450,9 @@ def partial_state_path(directory: Path) -> Path:
     return directory.with_name(f"{directory.name}.partial") / "state.pt"
 
 
-def _resumable_state(path: Path, key: str, name: str) -> dict | None:
-    """The saved state at `path` if it was saved for the config `key`; one saved for another config is deleted."""
+def resumable_state(path: Path, key: str, name: str) -> dict | None:
+    """The saved training state at `path` if it was saved for the config `key`; one saved for another config is
+    deleted."""
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True)
@@ -459,11 +460,12 @@ def _resumable_state(path: Path, key: str, name: str) -> dict | None:
         log.warning("discarding the partial %s training state at %s: it was saved for another config", name, path)
         shutil.rmtree(path.parent)
         return None
-    log.info("resuming %s training from step %d (interrupted earlier)", name, state["loop"]["step"])
+    where = f"step {state['loop']['step']}" if "loop" in state else f"epoch {state['epoch']}"
+    log.info("resuming %s training from %s (interrupted earlier)", name, where)
     return state
 
 
-def _save_state(path: Path, key: str, state: dict) -> None:
+def save_training_state(path: Path, key: str, state: dict) -> None:
     """Write atomically: a kill while saving leaves the previous state intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -502,8 +504,8 @@ def load_or_train(
             query_bank,
             progress,
             initial,
-            resume=_resumable_state(state_path, key, config.name),
-            save_state=lambda state: _save_state(state_path, key, state),
+            resume=resumable_state(state_path, key, config.name),
+            save_state=lambda state: save_training_state(state_path, key, state),
         )
         torch.save(model.state_dict(), tmp / "model.pt")
         (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
