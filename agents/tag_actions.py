@@ -8,8 +8,9 @@ the text agents'.
 * `TagVocabulary`: the catalogue's most common item aspects (`trm.queries.item_aspects`: genres or categories, eras,
   decades; on catalogues without categories, platforms, product kinds and title keywords).
 * Actions (`action_names` gives their order): the empty query, one query per tag (the tag itself is the
-  preference), with `env.requests` one query holding the user's request verbatim, then one answer per rule of
-  `ANSWER_RULES` over the episode's tool results.
+  preference), with `env.requests` one query holding the user's request verbatim, then one answer per rule over the
+  episode's tool results: every rule of `ANSWER_RULES` by default, or a configured subset (one rule: the answer is
+  fixed and the policy chooses only its queries).
 * `TagActionAgent`: a `TextAgent` that reads its features from what any agent sees (the prompt's history cards,
   the request, the tool results so far) and renders an action index into a protocol segment. Given a `choose`
   function (observation -> action; `agents.training.ppo.load_tag_agent` makes one of a trained policy) it plays
@@ -116,14 +117,17 @@ def _vocabulary(dataset: RecDataset, max_tags: int, min_items: int) -> TagVocabu
     return TagVocabulary(tags, item_tags)
 
 
-def action_names(vocabulary: TagVocabulary, requests: bool) -> list[str]:
+def action_names(vocabulary: TagVocabulary, requests: bool, answer_rules: Sequence[str] = ANSWER_RULES) -> list[str]:
     """Every action's name, in action-index order: "query:" (empty), "query:<tag>", "query:<request>",
     "answer:<rule>"."""
+    unknown = [r for r in answer_rules if r not in ANSWER_RULES]
+    if unknown or not answer_rules:
+        raise ValueError(f"answer rules {list(answer_rules)}: give one or more of {', '.join(ANSWER_RULES)}")
     return (
         ["query:"]
         + [f"query:{t}" for t in vocabulary.tags]
         + (["query:<request>"] if requests else [])
-        + [f"answer:{r}" for r in ANSWER_RULES]
+        + [f"answer:{r}" for r in answer_rules]
     )
 
 
@@ -132,7 +136,7 @@ class TagActionAgent(TextAgent):
     agent that acts on its own.
 
     requests: whether the env shows requests (the action space has the request query); max_tool_calls: the env's
-    limit (queries are masked once that many calls ran)."""
+    limit (queries are masked once that many calls ran); answer_rules: the rules the answer actions use."""
 
     name = "tag-policy"
 
@@ -143,6 +147,7 @@ class TagActionAgent(TextAgent):
         requests: bool,
         max_tool_calls: int,
         choose: Callable[[dict[str, np.ndarray]], int] | None = None,
+        answer_rules: Sequence[str] = ANSWER_RULES,
         **kwargs: Any,
     ):
         super().__init__(dataset, **kwargs)
@@ -150,8 +155,9 @@ class TagActionAgent(TextAgent):
         self.requests = requests
         self.max_tool_calls = max_tool_calls
         self.choose = choose
-        self.actions = action_names(vocabulary, requests)
-        self.n_queries = len(self.actions) - len(ANSWER_RULES)
+        self.actions = action_names(vocabulary, requests, answer_rules)
+        self.answer_rules = tuple(answer_rules)
+        self.n_queries = len(self.actions) - len(self.answer_rules)
         self.request_action = len(vocabulary) + 1 if requests else None
         self.asked: set[int] = set()
         self.request = ""
@@ -212,7 +218,7 @@ class TagActionAgent(TextAgent):
                 return f"The user asks: {self.request} I search for exactly that.\n{self._call(self.request)}"
             tag = self.vocabulary.tags[action - 1]
             return f"The history suggests {tag}.\n{self._call(tag)}"
-        rule = ANSWER_RULES[action - self.n_queries]
+        rule = self.answer_rules[action - self.n_queries]
         calls = info.get("tool_calls", [])
         return self.answer(self.ranked(rule, calls), f"I answer with the {rule} rule over {len(calls)} searches.", info)
 
@@ -257,8 +263,14 @@ class TagActionEnv(gymnasium.Wrapper, RecordConstructorArgs):
     """A `DeepRecEnv` with tag actions (see the module docstring). Rewards, termination, truncation and info are the
     wrapped env's; the info of every step adds `action_name`."""
 
-    def __init__(self, env: gymnasium.Env, max_tags: int = MAX_TAGS, min_items: int = MIN_ITEMS):
-        RecordConstructorArgs.__init__(self, max_tags=max_tags, min_items=min_items)
+    def __init__(
+        self,
+        env: gymnasium.Env,
+        max_tags: int = MAX_TAGS,
+        min_items: int = MIN_ITEMS,
+        answer_rules: Sequence[str] = ANSWER_RULES,
+    ):
+        RecordConstructorArgs.__init__(self, max_tags=max_tags, min_items=min_items, answer_rules=answer_rules)
         gymnasium.Wrapper.__init__(self, env)
         inner: DeepRecEnv = env.unwrapped
         config = inner.config
@@ -268,6 +280,7 @@ class TagActionEnv(gymnasium.Wrapper, RecordConstructorArgs):
             self.vocabulary,
             config.requests,
             config.max_tool_calls,
+            answer_rules=answer_rules,
             protocol=inner.codec,
             rec_k=config.rec_k,
         )

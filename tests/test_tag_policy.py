@@ -131,6 +131,22 @@ def test_action_names_fix_the_action_order(dataset):
     assert names[-len(ANSWER_RULES) :] == [f"answer:{r}" for r in ANSWER_RULES]
 
 
+def test_a_configured_answer_rule_is_the_only_answer_action(stack):
+    env = TagActionEnv(stack.make_env(requests=False), answer_rules=["history"])
+    check_env(env, skip_render_check=True)
+    assert env.action_space.n == len(env.vocabulary) + 2 and env.agent.actions[-1] == "answer:history"
+    env.reset(seed=1)
+    env.step(1)  # a tag query first: the history rule still answers the empty query's list
+    env.step(0)
+    _, _, terminated, _, info = env.step(env.action_space.n - 1)
+    episode = info["deeprec"]
+    empty_list = [i for i in episode.tool_calls[1].item_ids if i not in set(env.agent.history)]
+    assert terminated and info["action_name"] == "answer:history"
+    assert list(episode.answer_ids) == empty_list[: len(episode.answer_ids)] and len(episode.answer_ids) == 10
+    with pytest.raises(ValueError, match="give one or more of history"):
+        action_names(env.vocabulary, False, ["best"])
+
+
 PPO = [
     "dataset=synthetic",
     "dataset.synthetic.n_users=80",

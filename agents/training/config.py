@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.tag_actions import MAX_TAGS, MIN_ITEMS
+from agents.tag_actions import ANSWER_RULES, MAX_TAGS, MIN_ITEMS
 
 PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 
@@ -139,6 +139,8 @@ class TagPPOConfig:
     cpus_per_runner: float = 1.0
     max_tags: int = MAX_TAGS  # tag vocabulary: the most common item aspects (`agents.tag_actions.TagVocabulary`)
     min_items: int = MIN_ITEMS  # a tag must describe at least this many items
+    # the answer actions' rules (of `agents.tag_actions.ANSWER_RULES`); with one rule only the queries are chosen
+    answer_rules: list[str] = field(default_factory=lambda: list(ANSWER_RULES))
     eval_every: int = 10  # iterations between greedy validation rollouts (`trainer.validation.users`); 0: at the end
     checkpoint_every: int = 10  # iterations between checkpoints (a rerun resumes from the last one)
 

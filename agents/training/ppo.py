@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.tag_actions import TagActionAgent, TagActionEnv, TagVocabulary
+from agents.tag_actions import ANSWER_RULES, TagActionAgent, TagActionEnv, TagVocabulary
 from agents.training.config import TagPPOConfig
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.metrics import list_ranks, ranking_metrics
@@ -49,7 +49,7 @@ def make_tag_env(env_config: dict[str, Any]) -> TagActionEnv:
     if env_config["reward"]:
         stack = stack.with_reward(env_config["reward"])
     env = stack.make_env(**env_config["env"])
-    return TagActionEnv(env, env_config["max_tags"], env_config["min_items"])
+    return TagActionEnv(env, env_config["max_tags"], env_config["min_items"], env_config["answer_rules"])
 
 
 def masked_module_class():
@@ -113,6 +113,7 @@ def tag_env_config(
         "env": env | {"split": "train"},
         "max_tags": config.max_tags,
         "min_items": config.min_items,
+        "answer_rules": list(config.answer_rules),
     }
 
 
@@ -171,10 +172,22 @@ def tag_agent_factory(
 
     def make_agent(dataset, codec, rec_k):
         return TagActionAgent(
-            dataset, vocabulary, settings["requests"], settings["max_tool_calls"], choose, protocol=codec, rec_k=rec_k
+            dataset,
+            vocabulary,
+            settings["requests"],
+            settings["max_tool_calls"],
+            choose,
+            answer_rules(settings),
+            protocol=codec,
+            rec_k=rec_k,
         )
 
     return make_agent
+
+
+def answer_rules(settings: dict[str, Any]) -> list[str]:
+    """The answer rules of a saved tag policy's settings (policies saved before rules were configurable had all)."""
+    return settings.get("answer_rules", list(ANSWER_RULES))
 
 
 def is_tag_policy(path: str | Path) -> bool:
@@ -216,6 +229,7 @@ def train_tag_ppo(
     settings = {
         "max_tags": config.max_tags,
         "min_items": config.min_items,
+        "answer_rules": list(config.answer_rules),
         "requests": env_settings.requests,
         "max_tool_calls": env_settings.max_tool_calls,
     }
@@ -275,7 +289,7 @@ def save_tag_policy(module, dataset: RecDataset, settings: dict[str, Any], final
 
     module.save_to_path(str(Path(final).resolve() / "module"))
     vocabulary = TagVocabulary.build(dataset, settings["max_tags"], settings["min_items"])
-    names = action_names(vocabulary, settings["requests"])
+    names = action_names(vocabulary, settings["requests"], answer_rules(settings))
     (Path(final) / POLICY_FILE).write_text(json.dumps(settings | {"actions": names}, indent=1))
     return Path(final)
 
