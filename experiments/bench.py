@@ -1,8 +1,9 @@
 """`python -m experiments.bench`: throughput and memory figures as JSON (never timed tests).
 
 Each measurement runs in its own subprocess so its peak resident memory is its own. Figures:
-- `sasrec_train`, `trm_train`: training speed (a fresh model for `bench.steps` optimizer steps) and peak RSS, plus
-  the full early-stopped training time recorded by `prepare` when that checkpoint is cached.
+- `sasrec_train`, `trm_train`: training speed (a fresh model for `bench.steps` optimizer steps, validating at the
+  recipe's cadence) and peak RSS, plus the full early-stopped training time recorded by `prepare` when that
+  checkpoint is cached, and that run's steps at the speed timed here (its training time on a machine like this one).
 - `contention`: SASRec training speed idle and beside one busy process, with the `threads` setting (default:
   half the cores) and with every core, the torch default that collapses on a shared machine.
 - `env_steps`: env steps per second with the scripted agent (single env and vector form) and the share of env
@@ -70,7 +71,8 @@ def timed_training(cfg: DictConfig, name: str) -> tuple[float, dict]:
     encoder = text_encoder(config.text) if model.model.uses_text else None
     item_text, query_bank = text_inputs(dataset, model, root, encoder, for_training=True)
     steps = cfg.bench.steps
-    budget = replace(model, train=replace(model.train, max_steps=steps, eval_every=steps))
+    cadence = min(steps, model.train.eval_every)  # validate as the recipe does, so the time per step includes it
+    budget = replace(model, train=replace(model.train, max_steps=steps, eval_every=cadence))
     started = time.perf_counter()
     _, train_log = train_model(dataset, budget, item_text, query_bank, progress=False)
     return time.perf_counter() - started, train_log
@@ -88,19 +90,22 @@ def bench_train(cfg: DictConfig, name: str) -> dict:
     full_log = checkpoint_dir(model, root, encoder, dataset.catalogue) / "train_log.json"
     full = json.loads(full_log.read_text()) if full_log.exists() else None
     steps_per_epoch = -(-train_log["n_windows"] // model.train.batch_size)
+    seconds_per_step = seconds / steps
     return {
         "dataset": dataset.name,
         "model": name,
         "threads": torch.get_num_threads(),
         "n_train_windows": train_log["n_windows"],
         "steps_timed": steps,
-        "seconds_per_100_steps": round(100 * seconds / steps, 2),
-        "seconds_per_epoch": round(steps_per_epoch * seconds / steps, 1),
+        "validations_timed": len(train_log["evaluations"]),
+        "seconds_per_100_steps": round(100 * seconds_per_step, 2),
+        "seconds_per_epoch": round(steps_per_epoch * seconds_per_step, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "full_training": None
         if full is None
         else {
             "seconds": round(full["train_seconds"], 1),
+            "seconds_at_this_speed": round(full["steps"] * seconds_per_step),  # its steps at the speed timed here
             "steps": full["steps"],
             "best_step": full["best_step"],
             "best_valid_ndcg10": round(full["best_valid_ndcg10"], 4),

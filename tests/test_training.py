@@ -549,6 +549,24 @@ def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):
     assert sum(sections.values()) == pytest.approx(result["step_s"], abs=0.2)
 
 
+def test_training_bench_validates_at_the_recipes_cadence_and_times_the_cached_run_at_its_speed(tmp_path):
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from deeprec_env.config import compose
+    from experiments.bench import bench_train
+    from experiments.prepare import prepare
+
+    cfg = compose("config", [*PIPELINE, f"artifacts={tmp_path}", "bench.steps=40", "threads=1"])
+    fresh = bench_train(cfg, "sasrec")
+    assert fresh["full_training"] is None  # nothing cached yet
+    assert fresh["steps_timed"] == 40 and fresh["validations_timed"] == 2  # eval_every=30: steps 30 and 40
+    prepare(cfg)
+    timed = bench_train(cfg, "sasrec")
+    cached = timed["full_training"]
+    assert cached["steps"] == 60 and cached["seconds"] > 0  # the prepared run, read from its training log
+    at_this_speed = cached["steps"] * timed["seconds_per_100_steps"] / 100
+    assert cached["seconds_at_this_speed"] == pytest.approx(at_this_speed, abs=1)
+
+
 def test_policies_agree_on_what_shapes_evaluation_episodes_fields_added_later_read_as_defaults(tmp_path):
     from dataclasses import replace
 
