@@ -51,7 +51,8 @@ def test_experiment_commands_compose(line):
 
 def test_tag_policy_status_rows_match_their_results():
     table = README[README.index("Tag-query policies") : README.index("## Install")]
-    for setting, folder in (("paper setting", "ml-100k-tag-ppo-two-phase"), ("user requests", "ml-100k-tag-ppo-requests")):
+    folders = {"paper setting": "ml-100k-tag-ppo-two-phase", "user requests": "ml-100k-tag-ppo-requests"}
+    for setting, folder in folders.items():
         row = re.search(rf"^\| {setting}[^|]*\| (\S+ \[\S+, \S+\]) \| (\S+) \| (\S+) (\S+) \|$", table, flags=re.M)
         results = json.loads((ROOT / "results" / folder / "evaluation" / "results.json").read_text())
         ndcg = {r["agent"]: r["metrics"]["ndcg@10"] for r in results}
