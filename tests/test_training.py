@@ -101,6 +101,45 @@ def test_sft_messages_render_tool_calls_that_parse_back(dataset, stack, tokenize
         assert messages[-1]["role"] == "assistant" and "<recommendation_list>" in messages[-1]["content"]
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_policy_sft_trainer_has_trls_loss_gradients_and_metrics(dataset, stack, tokenizer, arch, tmp_path):
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from agents.training.config import WarmStartConfig
+    from agents.training.warm_start import policy_sft_trainer_class, sft_config, training_chat_template
+
+    users = [int(u) for u in dataset.eval_users("train")[:4]]
+    episodes = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted", 4, 0)
+    data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
+    trained_tokenizer = copy.deepcopy(tokenizer)
+    trained_tokenizer.chat_template = training_chat_template(trained_tokenizer)
+    torch.manual_seed(0)
+    config = PolicyConfig(arch=arch, n_layer=2, n_head=2, n_embd=32, n_positions=4096)
+    model = AutoModelForCausalLM.from_config(tiny_model_config(config, trained_tokenizer)).eval()
+    args = sft_config(WarmStartConfig(per_device_train_batch_size=4), tmp_path)
+    results = []
+    for trainer_class in (SFTTrainer, policy_sft_trainer_class()):
+        trainer = trainer_class(
+            model=copy.deepcopy(model), args=args, train_dataset=data, processing_class=trained_tokenizer
+        )
+        if not results:
+            batch = next(iter(trainer.get_train_dataloader()))
+            assert 0 < int((batch["labels"] != -100).sum()) < batch["labels"].numel()  # assistant turns only
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        metrics = trainer._metrics["eval"]
+        results.append((loss.item(), grads, metrics["entropy"][-1], metrics["mean_token_accuracy"][-1]))
+    (trl_loss, trl_grads, trl_entropy, trl_accuracy), (loss, grads, entropy, accuracy) = results
+    assert loss == pytest.approx(trl_loss, rel=1e-5) and loss > 0
+    assert torch.allclose(grads, trl_grads, rtol=1e-4, atol=1e-6)
+    assert entropy == pytest.approx(trl_entropy, rel=1e-4) and accuracy == pytest.approx(trl_accuracy)
+
+
 CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"preference": "{p}"}}}}\n</tool_call>'
 ASSISTANT_TEXTS = [
     "Reason. " + CALL.format(name="retrieve", p="jazz"),
