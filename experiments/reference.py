@@ -21,7 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
@@ -201,11 +201,12 @@ def train_reference(
 
 def load_or_train_reference(stack: Stack, config: ReferenceConfig, seed: int) -> tuple[ReferenceSASRec, dict]:
     """The reference trained on the stack's dataset, from the artifact cache (keyed by the recipe and seed) or
-    trained now, resuming from the state an interrupted run saved at its last validation;
-    `experiments.evaluate agent=reference` ranks with the same cached model."""
+    trained now, resuming from the state an interrupted run saved at its last validation (a run that differs only in
+    `patience` resumes it too); `experiments.evaluate agent=reference` ranks with the same cached model."""
     directory = Path(stack.root) / f"reference-sasrec-{config_hash(asdict(config) | {'seed': seed})}"
-    state_path = partial_state_path(directory)
-    key = json.dumps(asdict(config) | {"seed": seed}, sort_keys=True)
+    trajectory = asdict(replace(config, patience=None)) | {"seed": seed}  # patience decides only where training stops
+    state_path = partial_state_path(Path(stack.root) / f"reference-sasrec-{config_hash(trajectory)}")
+    key = json.dumps(trajectory, sort_keys=True)
 
     def build(tmp: Path) -> None:
         model, training = train_reference(

@@ -2,6 +2,7 @@
 training that learns and keeps its best validation epoch."""
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -102,14 +103,9 @@ def test_a_run_resumed_from_its_saved_state_ends_as_the_uninterrupted_run(datase
     assert all(torch.equal(a, b) for a, b in weights)
 
 
-def test_an_interrupted_reference_resumes_from_its_partial_state(tmp_path, caplog, monkeypatch):
-    from deeprec_env.config import compose
-    from deeprec_env.stack import build_stack
+def interrupt_reference_after_epoch_2(stack, config, monkeypatch) -> None:
+    """Train the cached reference until its state is saved at epoch 2, then stop it as a signal would."""
     from experiments import reference
-
-    stack = build_stack(compose("config", ["dataset=synthetic", f"artifacts={tmp_path}"]), with_reward=False)
-    config = ReferenceConfig(hidden=8, max_len=10, epochs=4, eval_every=1)
-    uninterrupted, _ = reference.train_reference(stack.dataset, config, seed=0)
 
     def stop_after_second_epoch(dataset, config, seed, resume, save_state):
         def save_then_stop(state):
@@ -123,9 +119,22 @@ def test_an_interrupted_reference_resumes_from_its_partial_state(tmp_path, caplo
         patched.setattr(reference, "train_reference", stop_after_second_epoch)
         with pytest.raises(KeyboardInterrupt):
             reference.load_or_train_reference(stack, config, seed=0)
+
+
+@pytest.mark.parametrize("patience", [None, 1])
+def test_an_interrupted_reference_resumes_from_its_partial_state(tmp_path, caplog, monkeypatch, patience):
+    from deeprec_env.config import compose
+    from deeprec_env.stack import build_stack
+    from experiments import reference
+
+    stack = build_stack(compose("config", ["dataset=synthetic", f"artifacts={tmp_path}"]), with_reward=False)
+    config = ReferenceConfig(hidden=8, max_len=10, epochs=6, eval_every=1)
+    interrupt_reference_after_epoch_2(stack, config, monkeypatch)
+    resumed_config = replace(config, patience=patience)  # a rerun may add patience: the state it resumes is the same
+    uninterrupted, uninterrupted_log = reference.train_reference(stack.dataset, resumed_config, seed=0)
     with caplog.at_level("INFO"):
-        model, log = reference.load_or_train_reference(stack, config, seed=0)
+        model, log = reference.load_or_train_reference(stack, resumed_config, seed=0)
     assert "resuming reference SASRec training from epoch 2" in caplog.text
-    assert [h["epoch"] for h in log["history"]] == [1, 2, 3, 4]
+    assert log["history"] == uninterrupted_log["history"] and log["best"] == uninterrupted_log["best"]
     assert torch.equal(model.items.weight, uninterrupted.items.weight)
     assert not list(tmp_path.rglob("state.pt"))
