@@ -14,6 +14,9 @@ Each measurement runs in its own subprocess so its peak resident memory is its o
 - `grpo_step`: a GRPO step's time by section (generation, tool, env, scoring, other rollout work, update) and its
   generated tokens per second against the same policy's raw generation speed (not in the default task list: run it
   with `bench.tasks=[grpo_step] bench.datasets=[ml-100k] bench.policy=runs/<run>/warm_start/final`).
+- `warm_start_step`: a warm-start SFT step with TRL's `SFTTrainer` and with `PolicySFTTrainer` on the same batches of
+  teacher episodes, and the speed-up (run it with `bench.tasks=[warm_start_step] bench.datasets=[ml-100k]`, and
+  `trainer=demo` for the demo's teacher).
 - `tag_ppo`: RLlib PPO on tag actions with 1 and 2 Ray env runners: env steps and episodes per second, learner time
   per iteration, iteration wall time (run it with `policy=tag-ppo bench.tasks=[tag_ppo] bench.datasets=[ml-100k]`).
 - `rollouts`: episodes per second of the scripted agent on the local backend and on Ray with 1 and 2 rollout
@@ -428,6 +431,80 @@ def bench_grpo_step(cfg: DictConfig) -> dict:
     }
 
 
+def bench_warm_start_step(cfg: DictConfig) -> dict:
+    """A warm-start SFT step's loss, forward and backward, with TRL's `SFTTrainer`, whose loss runs its tiled
+    log-probability kernel, and with `PolicySFTTrainer`, which projects only the learned positions: the same batches
+    of the trainer's teacher episodes (`trainer.warm_start.teacher`, `bench.warm_start_batches` batches) from the
+    untrained policy, the two trainers alternating batch by batch so both see the same machine."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from agents.llm import policy_config, policy_dir
+    from agents.training.config import TrainerConfig
+    from agents.training.warm_start import (
+        policy_sft_trainer_class,
+        sft_config,
+        sft_messages,
+        teacher_episodes,
+        training_chat_template,
+    )
+    from agents.workers import RolloutPool
+    from deeprec_env.config import typed
+    from deeprec_env.protocol import TOOL_SCHEMA
+    from experiments.train import train_episodes
+
+    stack = build_stack(cfg)
+    trainer_config = typed(TrainerConfig, cfg.trainer)
+    config = trainer_config.warm_start
+    env = dict(trainer_config.env) | {"split": "train"}
+    batches = cfg.bench.warm_start_batches
+    cuts = stack.env_config(**env).train_cuts
+    chosen = seeded_sample(train_episodes(stack.dataset, cuts), batches * config.per_device_train_batch_size, cfg.seed)
+    episodes = teacher_episodes(
+        RolloutPool(), stack, env, chosen[:, 0], config.teacher, trainer_config.n_envs, cfg.seed, chosen[:, 1]
+    )
+    data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
+    start = policy_dir(policy_config(cfg.policy), stack.dataset, stack.root)
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    tokenizer.chat_template = training_chat_template(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(start)
+    seconds = {"trl_sft_trainer": 0.0, "policy_sft_trainer": 0.0}
+    with tempfile.TemporaryDirectory() as out:
+        args = sft_config(config, Path(out), cfg.seed)
+        trainers = {
+            name: trainer_class(model=copy.deepcopy(model), args=args, train_dataset=data, processing_class=tokenizer)
+            for name, trainer_class in zip(seconds, (SFTTrainer, policy_sft_trainer_class()), strict=True)
+        }
+        for trainer in trainers.values():
+            trainer.model.train()
+        loader = trainers["trl_sft_trainer"].get_train_dataloader()
+        tokens = learned = 0
+        for batch in loader:
+            tokens += int(batch["attention_mask"].sum())
+            learned += int((batch["labels"] != -100).sum())
+            for name, trainer in trainers.items():
+                started = time.perf_counter()
+                trainer.compute_loss(trainer.model, dict(batch)).backward()
+                seconds[name] += time.perf_counter() - started
+    steps = len(loader)
+    return {
+        "dataset": stack.dataset.name,
+        "teacher": config.teacher,
+        "steps": steps,
+        "examples_per_step": config.per_device_train_batch_size,
+        "tokens_per_step": round(tokens / steps),
+        "learned_tokens_per_step": round(learned / steps),
+        "step_s": {name: round(value / steps, 3) for name, value in seconds.items()},
+        "speedup": round(seconds["trl_sft_trainer"] / seconds["policy_sft_trainer"], 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
 def bench_tag_ppo(cfg: DictConfig) -> dict:
     """PPO on tag actions with 1 and 2 Ray env runners: env steps and episodes per second of sampling, the learner's
     time per iteration and the whole iteration's wall time (`bench.ppo_iterations` timed after one warm-up)."""
@@ -568,6 +645,7 @@ TASKS = {
     "contention": bench_contention,
     "rollouts": bench_rollouts,
     "grpo_step": bench_grpo_step,
+    "warm_start_step": bench_warm_start_step,
     "env_steps": bench_env_steps,
     "retrieval": bench_retrieval,
     "title_matching": bench_title_matching,

@@ -44,6 +44,7 @@ class BenchConfig:
     recall_k: int = 20
     env_episodes: int = 512  # scripted-agent episodes for env_steps
     grpo_steps: int = 2  # GRPO steps timed by grpo_step
+    warm_start_batches: int = 20  # warm_start_step: batches of teacher episodes each trainer steps through
     policy: str | None = None  # grpo_step: the policy directory to start from (None: the untrained tiny policy)
     raw_tokens: int = 128  # grpo_step: tokens per sequence of the raw generation measurement
     ppo_iterations: int = 3  # tag_ppo: PPO iterations timed per runner count (after one warm-up)
