@@ -309,6 +309,9 @@ def test_stopped_training_caches_nothing_and_resumes_to_the_uninterrupted_weight
     config = _small_training()
     reference, reference_log = load_or_train(synthetic, config, tmp_path / "reference", progress=False)
     real_step, steps = torch.optim.AdamW.step, [0]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    if handlers[signum] is signal.SIG_IGN:
+        pytest.skip("this process ignores the signal (a background job ignores SIGINT), and training keeps doing so")
 
     def step(self, *args, **kwargs):
         steps[0] += 1
@@ -321,8 +324,7 @@ def test_stopped_training_caches_nothing_and_resumes_to_the_uninterrupted_weight
         with pytest.raises(KeyboardInterrupt):
             load_or_train(synthetic, config, tmp_path / "root", progress=False)
     assert steps[0] == stop_at  # the step under way completed, no further one began
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # handlers restored
     directory = checkpoint_dir(config, tmp_path / "root")
     state = partial_state_path(directory)
     assert [p.name for p in (tmp_path / "root").iterdir()] == [state.parent.name]  # no entry, no temp dir
