@@ -588,6 +588,19 @@ def test_grpo_step_bench_splits_the_whole_step_into_nested_sections(tmp_path):
     assert sum(sections.values()) == pytest.approx(result["step_s"], abs=0.2)
 
 
+def test_warm_start_bench_times_both_trainers_on_the_same_teacher_batches(tmp_path):
+    import experiments.config  # noqa: F401  (registers the experiments schema)
+    from deeprec_env.config import compose
+    from experiments.bench import bench_warm_start_step
+
+    overrides = [*PIPELINE, f"artifacts={tmp_path}", "bench.warm_start_batches=2", "threads=1"]
+    result = bench_warm_start_step(compose("config", overrides))
+    assert result["steps"] == 2 and result["examples_per_step"] == 4  # the PIPELINE's warm-start batch
+    assert 0 < result["learned_tokens_per_step"] < result["tokens_per_step"]  # assistant turns only
+    assert set(result["step_s"]) == {"trl_sft_trainer", "policy_sft_trainer"}
+    assert min(result["step_s"].values()) > 0 and result["speedup"] > 0
+
+
 def test_training_bench_validates_at_the_recipes_cadence_and_times_the_cached_run_at_its_speed(tmp_path):
     import experiments.config  # noqa: F401  (registers the experiments schema)
     from deeprec_env.config import compose
