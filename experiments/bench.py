@@ -441,7 +441,6 @@ def bench_warm_start_step(cfg: DictConfig) -> dict:
     import tempfile
     from pathlib import Path
 
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -450,13 +449,12 @@ def bench_warm_start_step(cfg: DictConfig) -> dict:
     from agents.training.warm_start import (
         policy_sft_trainer_class,
         sft_config,
-        sft_messages,
+        sft_dataset,
         teacher_episodes,
         training_chat_template,
     )
     from agents.workers import RolloutPool
     from deeprec_env.config import typed
-    from deeprec_env.protocol import TOOL_SCHEMA
     from experiments.train import train_episodes
 
     stack = build_stack(cfg)
@@ -469,7 +467,7 @@ def bench_warm_start_step(cfg: DictConfig) -> dict:
     episodes = teacher_episodes(
         RolloutPool(), stack, env, chosen[:, 0], config.teacher, trainer_config.n_envs, cfg.seed, chosen[:, 1]
     )
-    data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
+    data = sft_dataset(episodes)
     start = policy_dir(policy_config(cfg.policy), stack.dataset, stack.root)
     tokenizer = AutoTokenizer.from_pretrained(start)
     tokenizer.chat_template = training_chat_template(tokenizer)

@@ -105,16 +105,15 @@ def test_sft_messages_render_tool_calls_that_parse_back(dataset, stack, tokenize
 def test_policy_sft_trainer_has_trls_loss_gradients_and_metrics(dataset, stack, tokenizer, arch, tmp_path):
     import copy
 
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     from agents.training.config import WarmStartConfig
-    from agents.training.warm_start import policy_sft_trainer_class, sft_config, training_chat_template
+    from agents.training.warm_start import policy_sft_trainer_class, sft_config, sft_dataset, training_chat_template
 
     users = [int(u) for u in dataset.eval_users("train")[:4]]
     episodes = teacher_episodes(RolloutPool(), stack, {"split": "train"}, users, "scripted", 4, 0)
-    data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
+    data = sft_dataset(episodes)
     trained_tokenizer = copy.deepcopy(tokenizer)
     trained_tokenizer.chat_template = training_chat_template(trained_tokenizer)
     torch.manual_seed(0)

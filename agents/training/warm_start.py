@@ -70,6 +70,13 @@ def training_chat_template(tokenizer) -> str:
     return get_training_chat_template(tokenizer)
 
 
+def sft_dataset(episodes: Sequence[Episode]):
+    """The SFT dataset of teacher episodes: one conversational example per episode, with the tool's schema."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
+
+
 def policy_sft_trainer_class():
     """`PolicySFTTrainer`, defined on first use so that importing this module does not import TRL."""
     import torch
@@ -132,7 +139,6 @@ def warm_start(
 ) -> Path:
     """SFT the policy at `policy_path` on the teacher's episodes; checkpoints in `out_dir` (a rerun resumes from the
     last one). Returns the directory of the final model (`out_dir/final`)."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final = out_dir / "final"
@@ -143,11 +149,10 @@ def warm_start(
     serving_template = tokenizer.chat_template
     tokenizer.chat_template = training_chat_template(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(policy_path)
-    data = Dataset.from_list([{"messages": sft_messages(e), "tools": [TOOL_SCHEMA]} for e in episodes])
     trainer = policy_sft_trainer_class()(
         model=model,
         args=sft_config(config, out_dir, seed, logging_dir),
-        train_dataset=data,
+        train_dataset=sft_dataset(episodes),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
