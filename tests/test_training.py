@@ -139,6 +139,46 @@ def test_policy_sft_trainer_has_trls_loss_gradients_and_metrics(dataset, stack, 
     assert entropy == pytest.approx(trl_entropy, rel=1e-4) and accuracy == pytest.approx(trl_accuracy)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_learned_position_head_scores_completions_as_trls_fused_head(tokenizer, arch):
+    """GRPO's scoring call (`fused_lm_head=True`, completion tokens labelled, left padding) gives TRL's log-probs,
+    entropies, loss and gradients with the learned-position head, and a plain forward still returns logits."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from agents.training.learned_positions import use_learned_position_head
+
+    torch.manual_seed(0)
+    config = PolicyConfig(arch=arch, n_layer=2, n_head=2, n_embd=32, n_positions=256)
+    base = AutoModelForCausalLM.from_config(tiny_model_config(config, tokenizer)).eval()
+    input_ids = torch.randint(5, len(tokenizer), (3, 40))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :7] = 0  # left padding
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :-12] = -100  # the last 12 tokens are the completion
+    labels[2, -3:] = -100  # a completion shorter than the batch's longest
+    outputs = []
+    for patch in (add_fused_lm_head, use_learned_position_head):
+        model = copy.deepcopy(base)
+        patch(model, temperature=0.7, **({"outputs": ("log_probs", "entropy")} if patch is add_fused_lm_head else {}))
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        outputs.append((out, grads, model))
+    (trl, trl_grads, _), (ours, grads, model) = outputs
+    learned = labels[:, 1:] != -100
+    assert ours.log_probs.shape == trl.log_probs.shape == learned.shape
+    assert torch.allclose(ours.log_probs, trl.log_probs, atol=1e-5) and (ours.log_probs[learned] < 0).all()
+    assert (ours.log_probs[~learned] == 0).all()
+    assert torch.allclose(ours.entropy, trl.entropy, atol=1e-4)
+    assert ours.loss.item() == pytest.approx(trl.loss.item(), rel=1e-5)
+    assert torch.allclose(grads, trl_grads, rtol=1e-4, atol=1e-6)
+    plain = model(input_ids=input_ids, attention_mask=attention_mask)
+    assert plain.logits.shape == (*input_ids.shape, len(tokenizer))
+
+
 CALL = '<tool_call>\n{{"name": "{name}", "arguments": {{"preference": "{p}"}}}}\n</tool_call>'
 ASSISTANT_TEXTS = [
     "Reason. " + CALL.format(name="retrieve", p="jazz"),

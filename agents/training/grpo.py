@@ -31,6 +31,7 @@ import numpy as np
 
 from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from agents.training.config import GRPOStageConfig
+from agents.training.learned_positions import use_learned_position_head
 from deeprec_env.env import DeepRecEnv, EnvConfig
 from deeprec_env.episode import Episode
 from deeprec_env.protocol import tool_docstring
@@ -226,6 +227,10 @@ def train_grpo(
         callbacks=list(callbacks),
         **generation,
     )
+    if trainer.args.device.type == "cpu":  # TRL's tiled head pays off on accelerators only (`learned_positions`)
+        for model in (trainer.model, trainer.ref_model):
+            if model is not None:
+                use_learned_position_head(model, trainer.args.temperature)
     train_and_save(trainer, resume, final, f"GRPO ({config.reward or 'root reward'})")
     tokenizer.save_pretrained(final)
     return final

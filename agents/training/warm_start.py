@@ -14,6 +14,7 @@ from pathlib import Path
 from agents.baselines import AgentFactory, text_agent_class
 from agents.training.checkpoints import finish_from, last_checkpoint, train_and_save, trainer_settings
 from agents.training.config import WarmStartConfig
+from agents.training.learned_positions import learned_token_scores
 from agents.training.ppo import is_tag_policy, load_tag_agent
 from agents.workers import RolloutPool
 from deeprec_env.episode import Episode
@@ -83,39 +84,26 @@ def policy_sft_trainer_class():
     from trl import SFTTrainer
 
     class PolicySFTTrainer(SFTTrainer):
-        """TRL's `SFTTrainer` with the loss taken from the model's own logits at the learned positions only.
-
-        TRL scores tokens with a tiled log-probability kernel that saves accelerator memory on large vocabularies; on
-        a CPU with a small policy its tile loop costs more than the policy itself. Here the model projects only the
-        positions whose next token is learned (`logits_to_keep` as a mask), so the loss (the mean negative
-        log-likelihood of the learned tokens) and the logged `entropy`, `mean_token_accuracy` and `num_tokens` are
-        TRL's, at the cost of one ordinary forward."""
+        """TRL's `SFTTrainer` with the loss taken from the model's own head at the learned positions only
+        (`learned_positions`): the loss (the mean negative log-likelihood of the learned tokens) and the logged
+        `entropy`, `mean_token_accuracy` and `num_tokens` are TRL's, at the cost of one ordinary forward."""
 
         tokens_seen = 0  # input tokens trained on so far, TRL's `num_tokens`
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:  # evaluation that wants logits: TRL's path
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs["labels"]
-            learned = torch.zeros_like(labels, dtype=torch.bool)
-            learned[:, :-1] = labels[:, 1:] != -100  # positions whose next token is learned
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            logits = model(**model_inputs, use_cache=False, logits_to_keep=learned).logits.float()
-            log_probs = logits.log_softmax(-1)
-            targets = labels[:, 1:][learned[:, :-1]]
-            token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            count = targets.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = -token_log_probs.sum() / torch.as_tensor(count).clamp(min=1)
-            with torch.no_grad():
-                mode = "train" if model.training else "eval"
-                learned_count = max(1, targets.numel())
-                entropy = -(log_probs.exp() * log_probs).sum() / learned_count
-                accuracy = (logits.argmax(-1) == targets).sum() / learned_count
-                self._metrics[mode]["entropy"].append(entropy.item())
-                self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
-                if mode == "train":
-                    self.tokens_seen += int(inputs["attention_mask"].sum())
-                    self._metrics[mode]["num_tokens"] = [self.tokens_seen]
+            scores = learned_token_scores(model, inputs["labels"], **model_inputs)
+            count = scores.log_probs.numel() if num_items_in_batch is None else num_items_in_batch
+            loss = -scores.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+            mode = "train" if model.training else "eval"
+            learned_count = max(1, scores.log_probs.numel())
+            self._metrics[mode]["entropy"].append(scores.entropy.sum().item() / learned_count)
+            self._metrics[mode]["mean_token_accuracy"].append(scores.is_top1.sum().item() / learned_count)
+            if mode == "train":
+                self.tokens_seen += int(inputs["attention_mask"].sum())
+                self._metrics[mode]["num_tokens"] = [self.tokens_seen]
             return loss
 
     return PolicySFTTrainer
