@@ -162,9 +162,9 @@ class Run:
 
     def compare_on_validation(self, models: dict[str, Path], users: np.ndarray) -> dict:
         """Greedy episodes of each model on the same validation users, scored with `trainer.validation.reward`; the
-        paired differences of the last model against the first in reward, NDCG@10 and each reward term that is on
-        (unweighted), and each user's rewards (`validation_rewards.csv`, for re-analysis such as a subset's
-        interval)."""
+        paired differences of the last model against the first (when there are two) in reward, NDCG@10 and each
+        reward term that is on (unweighted), and each user's rewards (`validation_rewards.csv`, for re-analysis such
+        as a subset's interval)."""
         reward = self.valid_stack.reward
         active = [name for name, weight in reward.reward.weights.items() if weight]
         rewards, per_user, summary = {}, {}, {}
@@ -179,12 +179,14 @@ class Run:
             per_user[name] |= {term: np.array([e.reward_unweighted[term] for e in episodes]) for term in active}
             summary[name] = validation_scalars(episodes)
         first, last = list(models)[0], list(models)[-1]
-        result = {"users": len(users), "reward": self.trainer.validation.reward, "models": summary} | {
-            f"{metric} {last}-vs-{first}": paired_difference(
-                per_user[last][metric], per_user[first][metric], self.cfg.eval.bootstrap, seed=self.cfg.seed
-            )
-            for metric in per_user[first]
-        }
+        result = {"users": len(users), "reward": self.trainer.validation.reward, "models": summary}
+        if last != first:  # a warm start alone has nothing to be compared with
+            result |= {
+                f"{metric} {last}-vs-{first}": paired_difference(
+                    per_user[last][metric], per_user[first][metric], self.cfg.eval.bootstrap, seed=self.cfg.seed
+                )
+                for metric in per_user[first]
+            }
         write_json(self.out / "validation_comparison.json", result)
         columns = np.column_stack([users, *rewards.values()])
         np.savetxt(
