@@ -74,11 +74,22 @@ def table(records: list[dict]) -> str:
     return markdown_table(rows, columns)
 
 
+def panels(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The plot's panels: one per dataset and split, titled with both and the number of users."""
+    keys = list(dict.fromkeys((r["dataset"], r["split"]) for r in records))
+    grouped = []
+    for dataset, split in keys:
+        rows = [r for r in records if (r["dataset"], r["split"]) == (dataset, split)]
+        counts = sorted({r["n_users"] for r in rows})
+        users = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        grouped.append((f"{dataset} ({split}, {users} users)", rows))
+    return grouped
+
+
 def plot(records: list[dict], path: Path) -> None:
-    datasets = list(dict.fromkeys(r["dataset"] for r in records))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        rows = [r for r in records if r["dataset"] == dataset]
+    grouped = panels(records)
+    fig, axes = plt.subplots(1, len(grouped), figsize=(4.5 * len(grouped), 3.6), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], grouped, strict=True):
         means = [r["metrics"]["ndcg@10"]["mean"] for r in rows]
         errors = [
             [m - r["metrics"]["ndcg@10"]["low"] for m, r in zip(means, rows, strict=True)],
@@ -86,7 +97,7 @@ def plot(records: list[dict], path: Path) -> None:
         ]
         ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(rows)), [r["agent"] for r in rows], rotation=30, ha="right")
-        ax.set_title(f"{dataset} ({rows[0]['split']}, {rows[0]['n_users']} users)")
+        ax.set_title(title)
         ax.set_ylabel("NDCG@10 (95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

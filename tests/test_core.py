@@ -272,6 +272,28 @@ def test_evaluate_cli_writes_results(tmp_path):
     )
 
 
+def test_report_plots_each_dataset_and_split_in_its_own_panel():
+    from experiments.report import panels
+
+    def record(dataset, split, agent, users):
+        return {"dataset": dataset, "split": split, "agent": agent, "n_users": users}
+
+    records = [
+        record("games", "valid", "sasrec", 50),
+        record("games", "test", "pop", 50),
+        record("games", "test", "agent", 5),
+        record("games", "valid", "trm", 50),
+        record("ml-100k", "test", "pop", 9),
+    ]
+    grouped = panels(records)
+    assert [title for title, _ in grouped] == [
+        "games (valid, 50 users)",
+        "games (test, 5-50 users)",
+        "ml-100k (test, 9 users)",
+    ]
+    assert [[r["agent"] for r in rows] for _, rows in grouped] == [["sasrec", "trm"], ["pop", "agent"], ["pop"]]
+
+
 def test_unknown_agent_is_one_clear_line(tmp_path):
     cmd = [
         sys.executable,
