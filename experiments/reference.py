@@ -38,7 +38,7 @@ from deeprec_env.metrics import bootstrap_interval, paired_difference, ranking_m
 from deeprec_env.runtime import progress
 from deeprec_env.stack import Stack, build_stack
 from deeprec_env.trm.retriever import InProcessRetriever
-from deeprec_env.trm.train import partial_state_path, resumable_state, save_training_state
+from deeprec_env.trm.train import partial_state_path, resumable_state, save_training_state, stop_signals
 from experiments.common import CONFIG_PATH, entry_point, log, markdown_table, provenance, publish
 from experiments.config import ReferenceConfig
 
@@ -141,7 +141,8 @@ def train_reference(
 
     After every validation the whole training state (weights, optimizer, both random generators, the best epoch so
     far) goes to `save_state`; passing it back as `resume` continues the run with the same result as an
-    uninterrupted one, which is how a run longer than a session (Games: 200 epochs of 395 steps) finishes."""
+    uninterrupted one, which is how a run longer than a session (Games: 200 epochs of 395 steps) finishes. A stop
+    signal (SIGINT, SIGTERM) lets the current epoch finish, saves the state and raises KeyboardInterrupt."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     users = dataset.eval_users("valid")
@@ -158,43 +159,53 @@ def train_reference(
         best, best_state, history = json.loads(resume["best"]), resume["best_model"], json.loads(resume["history"])
         first_epoch, earlier_seconds = resume["epoch"] + 1, resume["train_seconds"]
     started = time.perf_counter() - earlier_seconds
+
+    def snapshot(epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_rng": json.dumps(rng.bit_generator.state),
+            "best": json.dumps(best),
+            "best_model": best_state,
+            "history": json.dumps(history),
+            "train_seconds": time.perf_counter() - started,
+        }
+
     epochs = range(first_epoch, config.epochs + 1)
-    for epoch in progress(epochs, desc=f"reference SASRec on {dataset.name}"):
-        model.train()
-        for inputs, positives, negatives in training_batches(dataset, config, rng):
-            hidden = model.hidden_states(inputs)
-            positive_logits = (hidden * model.items(positives)).sum(-1)
-            negative_logits = (hidden * model.items(negatives)).sum(-1)
-            mask = positives > 0
-            loss = F.binary_cross_entropy_with_logits(
-                positive_logits[mask], torch.ones_like(positive_logits[mask])
-            ) + F.binary_cross_entropy_with_logits(negative_logits[mask], torch.zeros_like(negative_logits[mask]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            metrics = {k: float(v.mean()) for k, v in validation_metrics(model.scores, dataset, users).items()}
-            history.append({"epoch": epoch, "loss": loss.item(), **metrics})
-            log.info("reference epoch %d: loss %.4f, validation NDCG@10 %.4f", epoch, loss.item(), metrics["ndcg@10"])
-            if metrics["ndcg@10"] > best["ndcg@10"]:
-                best = {"epoch": epoch, **metrics}
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            elif config.patience and epoch >= best["epoch"] + config.patience * config.eval_every:
-                break
-            if save_state is not None:
-                save_state(
-                    {
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "data_rng": json.dumps(rng.bit_generator.state),
-                        "best": json.dumps(best),
-                        "best_model": best_state,
-                        "history": json.dumps(history),
-                        "train_seconds": time.perf_counter() - started,
-                    }
+    with stop_signals() as stop:
+        for epoch in progress(epochs, desc=f"reference SASRec on {dataset.name}"):
+            model.train()
+            for inputs, positives, negatives in training_batches(dataset, config, rng):
+                hidden = model.hidden_states(inputs)
+                positive_logits = (hidden * model.items(positives)).sum(-1)
+                negative_logits = (hidden * model.items(negatives)).sum(-1)
+                mask = positives > 0
+                loss = F.binary_cross_entropy_with_logits(
+                    positive_logits[mask], torch.ones_like(positive_logits[mask])
+                ) + F.binary_cross_entropy_with_logits(negative_logits[mask], torch.zeros_like(negative_logits[mask]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            validated = epoch % config.eval_every == 0 or epoch == config.epochs
+            if validated:
+                metrics = {k: float(v.mean()) for k, v in validation_metrics(model.scores, dataset, users).items()}
+                history.append({"epoch": epoch, "loss": loss.item(), **metrics})
+                log.info(
+                    "reference epoch %d: loss %.4f, validation NDCG@10 %.4f", epoch, loss.item(), metrics["ndcg@10"]
                 )
+                if metrics["ndcg@10"] > best["ndcg@10"]:
+                    best = {"epoch": epoch, **metrics}
+                    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                elif config.patience and epoch >= best["epoch"] + config.patience * config.eval_every:
+                    break
+            if save_state is not None and (validated or stop.is_set()):
+                save_state(snapshot(epoch))
+            if stop.is_set():
+                saved = "; its state is saved to resume from" if save_state is not None else ""
+                log.warning("reference training stopped by a signal after epoch %d%s", epoch, saved)
+                raise KeyboardInterrupt
     model.load_state_dict(best_state)
     return model, {"best": best, "history": history, "train_seconds": round(time.perf_counter() - started, 1)}
 

@@ -103,6 +103,38 @@ def test_a_run_resumed_from_its_saved_state_ends_as_the_uninterrupted_run(datase
     assert all(torch.equal(a, b) for a, b in weights)
 
 
+def test_a_stop_signal_ends_the_epoch_saves_the_state_and_the_run_resumes_unchanged(dataset, monkeypatch):
+    import os
+    import signal
+
+    from experiments import reference
+
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is signal.SIG_IGN:
+        pytest.skip("this process ignores SIGTERM")
+    epochs_started = []
+
+    def batches_with_a_signal_in_epoch_2(*args):
+        epochs_started.append(True)
+        for number, batch in enumerate(training_batches(*args)):
+            if len(epochs_started) == 2 and number == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    uninterrupted, log = train_reference(dataset, SMALL, seed=0)
+    states = []
+    monkeypatch.setattr(reference, "training_batches", batches_with_a_signal_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_reference(dataset, SMALL, seed=0, save_state=lambda state: states.append(copy.deepcopy(state)))
+    assert [s["epoch"] for s in states] == [2]  # the signal's epoch, before its first validation (epoch 4)
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    monkeypatch.setattr(reference, "training_batches", training_batches)
+    resumed, resumed_log = train_reference(dataset, SMALL, seed=0, resume=states[0])
+    assert resumed_log["history"] == log["history"] and resumed_log["best"] == log["best"]
+    weights = zip(uninterrupted.state_dict().values(), resumed.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in weights)
+
+
 def interrupt_reference_after_epoch_2(stack, config, monkeypatch) -> None:
     """Train the cached reference until its state is saved at epoch 2, then stop it as a signal would."""
     from experiments import reference

@@ -213,9 +213,9 @@ class LoopState:
 
 
 @contextlib.contextmanager
-def _stop_signals():
-    """Turn SIGINT (Ctrl-C) and SIGTERM (`kill PID`: background jobs ignore SIGINT) into a request that the
-    training loop honours between optimizer steps, so that a stop always leaves a consistent state to save.
+def stop_signals():
+    """Turn SIGINT (Ctrl-C) and SIGTERM (`kill PID`: background jobs ignore SIGINT) into a request that a training
+    loop honours between optimizer steps (or epochs), so that a stop always leaves a consistent state to save.
     Yields the request (an Event); handlers are only set in the main thread and restored on exit."""
     requested = threading.Event()
     previous = {}
@@ -305,7 +305,7 @@ def train_model(
 
     model.train()
     bar = runtime.progress(total=train.max_steps, desc=f"train {config.name}", disable=not progress)
-    with _stop_signals() as stop, bar:
+    with stop_signals() as stop, bar:
         bar.update(loop.step)
         while loop.stop_reason is None:  # set at max_steps or by early stopping
             if loop.position >= len(loop.order):  # next epoch, in a new order
