@@ -129,7 +129,7 @@ def test_grpo_stage_runs_on_ray_rollout_workers(ray_session, tmp_path, stack, po
         num_generations=2,
         per_device_train_batch_size=4,
         max_completion_length=96,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         save_steps=2,
         temperature=1.0,
     )

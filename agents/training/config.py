@@ -28,7 +28,7 @@ class WarmStartConfig:
     max_length: int = 4096  # tokens per example; longer ones are truncated
     lr_scheduler_type: str = "cosine"
     warmup_steps: int = 10
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     save_steps: int = 200
     logging_steps: int = 5
     extra_args: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +42,7 @@ class WarmStartConfig:
             "max_length",
             "lr_scheduler_type",
             "warmup_steps",
-            "gradient_checkpointing",
+            "activation_checkpointing",
             "save_steps",
             "logging_steps",
         )
@@ -69,7 +69,7 @@ class GRPOStageConfig:
     loss_type: str = "dapo"  # token-level loss normalisation: dapo | grpo | dr_grpo | bnpo
     temperature: float = 0.7
     max_completion_length: int = 1280  # generated + tool-result tokens per episode
-    gradient_checkpointing: bool = True  # recompute activations in backward: a GRPO batch's memory, at little cost
+    activation_checkpointing: bool = True  # recompute activations in backward: a GRPO batch's memory, at little cost
     save_steps: int = 10
     logging_steps: int = 1
     extra_args: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class GRPOStageConfig:
             "loss_type",
             "temperature",
             "max_completion_length",
-            "gradient_checkpointing",
+            "activation_checkpointing",
             "save_steps",
             "logging_steps",
         )
