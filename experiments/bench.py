@@ -446,27 +446,18 @@ def bench_warm_start_step(cfg: DictConfig) -> dict:
 
     from agents.llm import policy_config, policy_dir
     from agents.training.config import TrainerConfig
-    from agents.training.warm_start import (
-        policy_sft_trainer_class,
-        sft_config,
-        sft_dataset,
-        teacher_episodes,
-        training_chat_template,
-    )
+    from agents.training.warm_start import policy_sft_trainer_class, sft_config, sft_dataset, training_chat_template
     from agents.workers import RolloutPool
     from deeprec_env.config import typed
-    from experiments.train import train_episodes
+    from experiments.train import sampled_teacher_episodes
 
     stack = build_stack(cfg)
     trainer_config = typed(TrainerConfig, cfg.trainer)
     config = trainer_config.warm_start
-    env = dict(trainer_config.env) | {"split": "train"}
-    batches = cfg.bench.warm_start_batches
+    env = dict(trainer_config.env)
     cuts = stack.env_config(**env).train_cuts
-    chosen = seeded_sample(train_episodes(stack.dataset, cuts), batches * config.per_device_train_batch_size, cfg.seed)
-    episodes = teacher_episodes(
-        RolloutPool(), stack, env, chosen[:, 0], config.teacher, trainer_config.n_envs, cfg.seed, chosen[:, 1]
-    )
+    sample = replace(config, episodes=cfg.bench.warm_start_batches * config.per_device_train_batch_size)
+    episodes = sampled_teacher_episodes(RolloutPool(), stack, env, sample, cuts, trainer_config.n_envs, cfg.seed)
     data = sft_dataset(episodes)
     start = policy_dir(policy_config(cfg.policy), stack.dataset, stack.root)
     tokenizer = AutoTokenizer.from_pretrained(start)

@@ -27,6 +27,7 @@ from agents.training.warm_start import teacher_episodes, warm_start
 from agents.workers import RolloutPool, start_ray
 from deeprec_env.config import typed
 from deeprec_env.data.dataset import RecDataset
+from deeprec_env.episode import Episode
 from deeprec_env.metrics import list_ranks, paired_difference, ranking_metrics
 from deeprec_env.stack import Stack
 from experiments.common import CONFIG_PATH, command_pool, entry_point, markdown_table, seeded_sample, write_json
@@ -39,6 +40,16 @@ def train_episodes(dataset: RecDataset, cuts: int) -> np.ndarray:
     """Every train-split episode, (user, cut) rows: each user's first `cuts` cut points (`RecDataset.n_cuts`)."""
     rows = [(int(u), c) for u in dataset.eval_users("train") for c in range(dataset.n_cuts(int(u), cuts))]
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def sampled_teacher_episodes(
+    pool: RolloutPool, stack: Stack, env: dict, config: WarmStartConfig, cuts: int, n_envs: int, seed: int
+) -> list[Episode]:
+    """The warm start's data: the teacher (`config.teacher`) on a seeded sample of `config.episodes` train-split
+    (user, cut) episodes."""
+    chosen = seeded_sample(train_episodes(stack.dataset, cuts), config.episodes, seed)
+    env = env | {"split": "train"}
+    return teacher_episodes(pool, stack, env, chosen[:, 0], config.teacher, n_envs, seed, chosen[:, 1])
 
 
 def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: int) -> np.ndarray:
@@ -117,17 +128,8 @@ class Run:
             log.info("warm start already done: %s", phase / "final")
             return phase / "final"
         config: WarmStartConfig = self.trainer.warm_start
-        chosen = seeded_sample(train_episodes(self.stack.dataset, self.cuts), config.episodes, self.cfg.seed)
-        env = self.env | {"split": "train"}
-        episodes = teacher_episodes(
-            self.pool,
-            self.train_stack,
-            env,
-            chosen[:, 0],
-            config.teacher,
-            self.trainer.n_envs,
-            self.cfg.seed,
-            chosen[:, 1],
+        episodes = sampled_teacher_episodes(
+            self.pool, self.train_stack, self.env, config, self.cuts, self.trainer.n_envs, self.cfg.seed
         )
         callback = self.validation_callback("warm_start", config.eval_every)
         logs = self.out / "tensorboard" / "warm_start"

@@ -24,6 +24,12 @@ class LearnedTokenScores:
     entropy: torch.Tensor  # (n,) entropy of the next-token distribution, without gradient
     is_top1: torch.Tensor  # (n,) whether the learned token is the most likely one
 
+    def loss(self, num_items_in_batch=None) -> torch.Tensor:
+        """The mean negative log-likelihood of the learned tokens (over `num_items_in_batch` tokens when the trainer
+        counts them across gradient-accumulation steps)."""
+        count = self.log_probs.numel() if num_items_in_batch is None else num_items_in_batch
+        return -self.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+
 
 def learned_token_scores(model, labels: torch.Tensor, temperature: float = 1.0, **model_inputs) -> LearnedTokenScores:
     """Run `model` on `model_inputs` and score `labels` (-100: not learned; unshifted, as for a causal LM's loss) under
@@ -61,13 +67,12 @@ def use_learned_position_head(model, temperature: float = 1.0) -> None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return own_forward(*args, **kwargs)
         scores = learned_token_scores(own_forward, labels, temperature, **kwargs)
-        count = scores.mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
 
         def spread(values: torch.Tensor) -> torch.Tensor:
             return values.new_zeros(scores.mask.shape).masked_scatter(scores.mask, values)
 
         return FusedCausalLMOutput(
-            loss=-scores.log_probs.sum() / count,
+            loss=scores.loss(num_items_in_batch),
             log_probs=spread(scores.log_probs),
             entropy=spread(scores.entropy),
             is_top1=spread(scores.is_top1),

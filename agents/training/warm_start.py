@@ -80,7 +80,6 @@ def sft_dataset(episodes: Sequence[Episode]):
 
 def policy_sft_trainer_class():
     """`PolicySFTTrainer`, defined on first use so that importing this module does not import TRL."""
-    import torch
     from trl import SFTTrainer
 
     class PolicySFTTrainer(SFTTrainer):
@@ -95,8 +94,6 @@ def policy_sft_trainer_class():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             scores = learned_token_scores(model, inputs["labels"], **model_inputs)
-            count = scores.log_probs.numel() if num_items_in_batch is None else num_items_in_batch
-            loss = -scores.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
             mode = "train" if model.training else "eval"
             learned_count = max(1, scores.log_probs.numel())
             self._metrics[mode]["entropy"].append(scores.entropy.sum().item() / learned_count)
@@ -104,7 +101,7 @@ def policy_sft_trainer_class():
             if mode == "train":
                 self.tokens_seen += int(inputs["attention_mask"].sum())
                 self._metrics[mode]["num_tokens"] = [self.tokens_seen]
-            return loss
+            return scores.loss(num_items_in_batch)
 
     return PolicySFTTrainer
 
