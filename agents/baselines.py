@@ -14,6 +14,7 @@ import importlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from itertools import zip_longest
 
 import numpy as np
 
@@ -273,6 +274,53 @@ class ScriptedRequestAgent(ScriptedAgent):
         return f"Of my {calls} searches, the first, from {first}, ranks best; I keep its order."
 
 
+class ScriptedHedgeAgent(ScriptedRequestAgent):
+    """Two searches, the user's request (the first of `scripted-request`'s plan) and the history alone (the empty
+    query), answered with a hedge between them: the items both searches returned first, in the first search's order,
+    then the two lists alternately. A request may be empty or point at another item, so neither list alone is safe;
+    with item handles the answer is legible from the transcript, since an item the second search returns again keeps
+    its handle from the first (`docs/training.md`). Without a request the searches are `scripted`'s first two."""
+
+    name = "scripted-hedge"
+    searches = 2
+
+    def plan(self) -> list[tuple[str, str]]:
+        return super().plan()[: self.searches]
+
+    def fused(self, info: dict) -> list[int]:
+        history = set(self.history)
+        lists = [[i for i in call["item_ids"] if i not in history] for call in info["tool_calls"][: self.searches]]
+        agreed = [i for i in lists[0] if all(i in other for other in lists[1:])]
+        alternating = (i for rank in zip_longest(*lists) for i in rank if i is not None)
+        return list(dict.fromkeys([*agreed, *alternating]))
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        return "Items both searches found come first, then I alternate between the two lists."
+
+
+class ScriptedHedgeFirstAgent(ScriptedHedgeAgent):
+    """`scripted-hedge`'s searches, answered with the first search's list (the request's) in its order."""
+
+    name = "scripted-hedge-first"
+
+    fused = ScriptedAgent.fused  # weights (1.0,): the first call's list, filled from the other
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        return "The first search ranks best; I keep its order."
+
+
+class ScriptedHedgeSecondAgent(ScriptedHedgeAgent):
+    """`scripted-hedge`'s searches, answered with the second search's list (the history's) in its order."""
+
+    name = "scripted-hedge-second"
+
+    def fused(self, info: dict) -> list[int]:
+        return ScriptedAgent.fused(self, info | {"tool_calls": info["tool_calls"][::-1]})
+
+    def ranking_reasoning(self, pooled: int, calls: int) -> str:
+        return "The second search ranks best; I keep its order."
+
+
 class TargetOf:
     """(user, split) -> the target item id of that user's episode on that split: what `OracleAgent` is told."""
 
@@ -307,7 +355,17 @@ class OracleAgent(TextAgent):
 
 TEXT_AGENTS = {
     cls.name: cls
-    for cls in (RandomAgent, TRMAgent, ScriptedAgent, ScriptedCopyAgent, ScriptedRequestAgent, OracleAgent)
+    for cls in (
+        RandomAgent,
+        TRMAgent,
+        ScriptedAgent,
+        ScriptedCopyAgent,
+        ScriptedRequestAgent,
+        ScriptedHedgeAgent,
+        ScriptedHedgeFirstAgent,
+        ScriptedHedgeSecondAgent,
+        OracleAgent,
+    )
 }
 
 

@@ -46,10 +46,16 @@ def sampled_teacher_episodes(
     pool: RolloutPool, stack: Stack, env: dict, config: WarmStartConfig, cuts: int, n_envs: int, seed: int
 ) -> list[Episode]:
     """The warm start's data: the teacher (`config.teacher`) on a seeded sample of `config.episodes` train-split
-    (user, cut) episodes."""
+    (user, cut) episodes; a list of teachers shares them out in equal parts, each episode to a seeded choice."""
     chosen = seeded_sample(train_episodes(stack.dataset, cuts), config.episodes, seed)
     env = env | {"split": "train"}
-    return teacher_episodes(pool, stack, env, chosen[:, 0], config.teacher, n_envs, seed, chosen[:, 1])
+    teachers = [config.teacher] if isinstance(config.teacher, str) else list(config.teacher)
+    share = np.random.default_rng(seed).permutation(len(chosen)) % len(teachers)
+    episodes = []
+    for k, teacher in enumerate(teachers):
+        mine = chosen[share == k]
+        episodes += teacher_episodes(pool, stack, env, mine[:, 0], teacher, n_envs, seed, mine[:, 1])
+    return episodes
 
 
 def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: int) -> np.ndarray:

@@ -323,6 +323,44 @@ def test_scripted_request_asks_with_the_request_first_and_answers_its_list(datas
         assert without.ranked_ids == copy_episode.ranked_ids and without.preferences == copy_episode.preferences
 
 
+def test_hedge_teachers_share_two_searches_and_differ_only_in_the_answer(dataset, stack):
+    users = [int(u) for u in dataset.eval_users("train")[:6]]
+    env = {"split": "train", "requests": True, "request_uninformative": 0.0, "request_misleading": 0.0}
+    play = {
+        name: teacher_episodes(RolloutPool(), stack, env, users, name, 3, 0)
+        for name in ("scripted-hedge", "scripted-hedge-first", "scripted-hedge-second")
+    }
+    for hedge, first, second in zip(*play.values(), strict=True):
+        assert hedge.preferences == first.preferences == second.preferences
+        assert list(hedge.preferences) == [normalize_preference(hedge.request), ""]
+        assert all(e.format_ok and e.n_invalid == 0 for e in (hedge, first, second))
+        request_list, history_list = (list(call.item_ids) for call in hedge.tool_calls)
+        assert list(first.ranked_ids) == request_list[: first.rec_k]
+        assert list(second.ranked_ids) == history_list[: second.rec_k]
+        agreed = [i for i in request_list if i in history_list]
+        assert list(hedge.ranked_ids[: len(agreed)]) == agreed[: hedge.rec_k]
+        rest = [i for pair in zip(request_list, history_list) for i in pair if i not in agreed]
+        assert list(hedge.ranked_ids[len(agreed) :]) == list(dict.fromkeys(rest))[: hedge.rec_k - len(agreed)]
+
+
+def test_a_list_of_teachers_shares_the_warm_start_episodes_out_seeded(dataset, stack):
+    from agents.training.config import WarmStartConfig
+    from experiments.train import sampled_teacher_episodes
+
+    teachers = ["scripted-hedge-first", "scripted-hedge-second"]
+    config = WarmStartConfig(teacher=teachers, episodes=12)
+    mixed = sampled_teacher_episodes(RolloutPool(), stack, {}, config, 3, 4, seed=5)
+    again = sampled_teacher_episodes(RolloutPool(), stack, {}, config, 3, 4, seed=5)
+    alone = sampled_teacher_episodes(
+        RolloutPool(), stack, {}, WarmStartConfig(teacher=teachers[0], episodes=12), 3, 4, 5
+    )
+    assert len(mixed) == 12 and [(e.user, e.cut) for e in mixed] == [(e.user, e.cut) for e in again]
+    assert {(e.user, e.cut) for e in mixed} == {(e.user, e.cut) for e in alone}
+    by_first = [list(e.ranked_ids) == list(e.tool_calls[0].item_ids[: e.rec_k]) for e in mixed]
+    by_second = [list(e.ranked_ids) == list(e.tool_calls[1].item_ids[: e.rec_k]) for e in mixed]
+    assert by_first[:6] == [True] * 6 and by_second[6:] == [True] * 6 and not all(by_first[6:])
+
+
 def _trl_completion(episode) -> list[dict]:
     """The scripted episode as TRL hands a completion to reward functions: assistant messages with structured tool
     calls, and tool messages."""

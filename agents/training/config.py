@@ -19,7 +19,9 @@ PHASES = ("warm_start", "stage1", "stage2", "evaluate")
 class WarmStartConfig:
     """Warm start: the teacher's episodes on train users, then supervised fine-tuning (TRL's SFTTrainer)."""
 
-    teacher: str = "scripted-copy"  # a text agent (agents.baselines.TEXT_AGENTS) or a trained tag policy's directory
+    # a text agent (agents.baselines.TEXT_AGENTS) or a trained tag policy's directory; or a list of them, which share
+    # the episodes equally: a policy that has seen several behaviours gives GRPO a choice between them
+    teacher: Any = "scripted-copy"
     episodes: int = 1000  # train (user, cut point) episodes (seeded sample) the teacher plays: the SFT set
     eval_every: int = 200  # optimizer steps between validation rollouts; 0: only at the end
     num_train_epochs: float = 6.0
