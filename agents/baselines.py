@@ -21,6 +21,7 @@ import numpy as np
 from deeprec_env.data.dataset import RecDataset
 from deeprec_env.evaluation import Scorer
 from deeprec_env.protocol import (
+    REQUEST_HANDLE,
     THINK_CLOSE,
     Codec,
     TitleMatcher,
@@ -262,12 +263,14 @@ class ScriptedRequestAgent(ScriptedAgent):
     def reset(self, observation: str, info: dict) -> None:
         super().reset(observation, info)
         self.request = info.get("request", "")
+        handles = info.get("item_refs") == "handles"
+        self.request_query = REQUEST_HANDLE if handles and self.request else self.request  # the env expands it
 
     def plan(self) -> list[tuple[str, str]]:
         plan = super().plan()
         if not self.request:
             return plan
-        return [(f"The user asks: {self.request} I search for exactly that.", self.request), *plan[: len(plan) - 1]]
+        return [("The user made a request; I search for exactly that.", self.request_query), *plan[: len(plan) - 1]]
 
     def ranking_reasoning(self, pooled: int, calls: int) -> str:
         first = "the user's request" if self.request else "the history alone"

@@ -82,6 +82,7 @@ from deeprec_env.protocol import (
     PREF_OPEN,
     REC_CLOSE,
     REC_OPEN,
+    REQUEST_HANDLE,
     THINK_CLOSE,
     TOOL_NAME,
     TOOL_SCHEMA,
@@ -96,7 +97,7 @@ from deeprec_env.protocol import (
     render_assistant_message,
     split_reason,
 )
-from deeprec_env.protocol.text import hollow_blocks
+from deeprec_env.protocol.text import hollow_blocks, normalize_preference
 from deeprec_env.protocol.tool import content_text, requests_of_message, tool_request
 from deeprec_env.requests import user_request
 from deeprec_env.spaces import TextSpace
@@ -409,7 +410,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         if parsed.kind == "malformed":
             ep.n_malformed += 1
             return PendingStep(parsed, end=end)
-        queries = tuple(call.preference for call in parsed.calls if call.runs)
+        queries = tuple(self._query(call.preference) for call in parsed.calls if call.runs)
         if len(ep.tool_calls) + len(queries) > config.max_tool_calls:
             return PendingStep(parsed, end="max_tool_calls")
         return PendingStep(parsed, end=end, queries=queries, history=ep.history)
@@ -479,7 +480,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         if len(self._episode.tool_calls) >= self.config.max_tool_calls:
             self._limit = "max_tool_calls"
             return f"No more tool calls (at most {self.config.max_tool_calls}): write the final answer."
-        request_step = PendingStep(queries=(request.preference,), history=self._episode.history)
+        request_step = PendingStep(queries=(self._query(request.preference),), history=self._episode.history)
         ids = serve(self.retriever, self.config, [request_step])[0][0]
         if ids is None:
             return self._failed_call(RETRIEVAL_FAILED)
@@ -538,10 +539,18 @@ class DeepRecEnv(gymnasium.Env[str, str]):
 
     # -- parts of a step -------------------------------------------------------------------------------------
 
+    def _query(self, preference: str) -> str:
+        """What the tool is asked for a preference: with a request and item handles, the request's handle
+        (`#request`) stands for the request's text, so a policy passes the request on without retyping it."""
+        request = self._episode.request
+        if self.config.item_refs != "handles" or not request or REQUEST_HANDLE not in preference:
+            return preference
+        return normalize_preference(preference.replace(REQUEST_HANDLE, request))
+
     def _record_call(self, preference: str, item_ids: Sequence[int]) -> str:
-        """Record an executed tool call of the current segment and return its rendered result."""
+        """Record an executed tool call of the current segment (the query the tool ran) and return its result."""
         ids = tuple(int(i) for i in item_ids)
-        self._episode.tool_calls.append(ToolCall(preference, ids, max(self._episode.n_turns - 1, 0)))
+        self._episode.tool_calls.append(ToolCall(self._query(preference), ids, max(self._episode.n_turns - 1, 0)))
         return self._render_result(ids)
 
     def _render_result(self, item_ids: Sequence[int]) -> str:

@@ -323,6 +323,29 @@ def test_scripted_request_asks_with_the_request_first_and_answers_its_list(datas
         assert without.ranked_ids == copy_episode.ranked_ids and without.preferences == copy_episode.preferences
 
 
+def test_the_request_handle_asks_the_tool_for_the_request_itself(dataset, stack):
+    from deeprec_env.protocol import REQUEST_HANDLE
+
+    users = [int(u) for u in dataset.eval_users("train")[:6]]
+    env = {"split": "train", "requests": True}
+    by_text = teacher_episodes(RolloutPool(), stack, env, users, "scripted-request", 3, 0)
+    by_handle = teacher_episodes(RolloutPool(), stack, env | {"item_refs": "handles"}, users, "scripted-request", 3, 0)
+    for text, handle in zip(by_text, by_handle, strict=True):
+        asking = next(m for m in handle.transcript if m["role"] == "assistant")
+        assert REQUEST_HANDLE in asking["content"] + json.dumps(asking.get("tool_calls"))
+        assert handle.preferences == text.preferences and handle.preferences[0] == normalize_preference(text.request)
+        assert [c.item_ids for c in handle.tool_calls] == [c.item_ids for c in text.tool_calls]
+        assert handle.ranked_ids == text.ranked_ids
+    plain = stack.make_env(item_refs="handles", protocol="chat")
+    plain.reset(options={"user": users[0], "split": "train"})
+    plain.run_tool(f"{REQUEST_HANDLE} drama")
+    assert plain.episode.tool_calls[0].preference == f"{REQUEST_HANDLE} drama"  # no request: nothing to name
+    asked = stack.make_env(item_refs="handles", protocol="chat", requests=True)
+    asked.reset(options={"user": users[0], "split": "train"})
+    asked.run_tool(f"{REQUEST_HANDLE}; drama")
+    assert asked.episode.tool_calls[0].preference == normalize_preference(f"{asked.episode.request}; drama")
+
+
 def test_hedge_teachers_share_two_searches_and_differ_only_in_the_answer(dataset, stack):
     users = [int(u) for u in dataset.eval_users("train")[:6]]
     env = {"split": "train", "requests": True, "request_uninformative": 0.0, "request_misleading": 0.0}
@@ -339,7 +362,7 @@ def test_hedge_teachers_share_two_searches_and_differ_only_in_the_answer(dataset
         assert list(second.ranked_ids) == history_list[: second.rec_k]
         agreed = [i for i in request_list if i in history_list]
         assert list(hedge.ranked_ids[: len(agreed)]) == agreed[: hedge.rec_k]
-        rest = [i for pair in zip(request_list, history_list) for i in pair if i not in agreed]
+        rest = [i for pair in zip(request_list, history_list, strict=True) for i in pair if i not in agreed]
         assert list(hedge.ranked_ids[len(agreed) :]) == list(dict.fromkeys(rest))[: hedge.rec_k - len(agreed)]
 
 

@@ -28,6 +28,7 @@ from deeprec_env.protocol.matching import MAX_LINE_CHARS, AnswerMatch, TitleMatc
 from deeprec_env.protocol.prompts import (
     INSTRUCTIONS,
     PROFILE_LEAD,
+    REQUEST_HANDLE,
     REQUEST_LEAD,
     REQUEST_NOTE,
     PromptSettings,
@@ -88,6 +89,7 @@ __all__ = [
     "PROMPT_END",
     "REASON_SEPARATOR",
     "REC_CLOSE",
+    "REQUEST_HANDLE",
     "REQUEST_LEAD",
     "REQUEST_NOTE",
     "REC_OPEN",

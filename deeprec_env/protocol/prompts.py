@@ -17,6 +17,8 @@ from deeprec_env.protocol.tool import TOOL_NAME
 INSTRUCTIONS = ("full", "brief")
 REQUEST_LEAD = "My request: "  # leads the user's request in the prompt (env.requests)
 REQUEST_NOTE = "The user may add a request in their own words; it can help, say nothing, or point elsewhere."
+REQUEST_HANDLE = "#request"  # with item handles, names the user's request in a preference (env.requests)
+REQUEST_HANDLE_NOTE = f"A preference may name the request by {REQUEST_HANDLE}."
 PROFILE_LEAD = "About me: "  # leads the user's profile card in the prompt (env.profile)
 INTERESTS_NOTE = (
     f"Before your first tool call, state the user's interests as weighted tags (weights sum to 1), over the whole "
@@ -46,6 +48,14 @@ def history_listing(history_cards: Sequence[str]) -> str:
     return numbered(history_cards) if history_cards else "(no interactions yet)"
 
 
+def request_notes(settings: PromptSettings) -> str:
+    """What the instructions say about the user's request (empty without `requests`); with item handles, that a
+    preference can name it by its handle."""
+    if not settings.requests:
+        return ""
+    return f" {REQUEST_NOTE}" + (f" {REQUEST_HANDLE_NOTE}" if settings.item_refs == "handles" else "")
+
+
 def recgpt_notes(settings: PromptSettings) -> str:
     """What the RecGPT options ask of the agent, one sentence each (empty without them)."""
     notes = [INTERESTS_NOTE] * settings.interests + [EXPLANATIONS_NOTE] * settings.explanations
@@ -69,7 +79,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
             f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
             f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved "
             f"{'items by their handles (#N)' if handles else 'titles'}, best first, numbered, in {REC_OPEN} "
-            f"{REC_CLOSE}." + (f" {REQUEST_NOTE}" if settings.requests else "") + recgpt_notes(settings)
+            f"{REC_CLOSE}." + request_notes(settings) + recgpt_notes(settings)
         )
     first, second = ("#1", "#2") if handles else ("1.", "2.")
     returns = "a list of items, one per line, each led by its handle (#N)" if handles else "a numbered list of items"
@@ -116,7 +126,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         f"{tool}\n"
         f"{listed}"
         "The user's history is a numbered list of the items the user interacted with, ordered by time, oldest "
-        f"first.{' ' + REQUEST_NOTE if settings.requests else ''}\n\n"
+        f"first.{request_notes(settings)}\n\n"
         "Instructions:\n"
         "1. Reason about the history: which categories, themes, moods and periods the user likes, and how the "
         "taste changes over time.\n"
