@@ -312,16 +312,23 @@ class ScriptedHedgeFirstAgent(ScriptedHedgeAgent):
         return "The first search ranks best; I keep its order."
 
 
-class ScriptedHedgeSecondAgent(ScriptedHedgeAgent):
-    """`scripted-hedge`'s searches, answered with the second search's list (the history's) in its order."""
+class ScriptedHalvesAgent(ScriptedHedgeAgent):
+    """`scripted-hedge`'s searches, answered with the first search's top half, then the top half of the items the
+    second search added: with handles `#1`-`#5`, then `#11`-`#15`, a hedge a small policy writes without comparing
+    the lists."""
 
-    name = "scripted-hedge-second"
+    name = "scripted-halves"
 
     def fused(self, info: dict) -> list[int]:
-        return ScriptedAgent.fused(self, info | {"tool_calls": info["tool_calls"][::-1]})
+        first, second = (list(call["item_ids"]) for call in info["tool_calls"][:2])
+        added = [i for i in second if i not in first]
+        half = self.rec_k // 2
+        ranked = first[:half] + added[: self.rec_k - half] + first[half:] + added[self.rec_k - half :]
+        history = set(self.history)
+        return list(dict.fromkeys(i for i in ranked if i not in history))
 
     def ranking_reasoning(self, pooled: int, calls: int) -> str:
-        return "The second search ranks best; I keep its order."
+        return "I take the best half of each search."
 
 
 class TargetOf:
@@ -366,7 +373,7 @@ TEXT_AGENTS = {
         ScriptedRequestAgent,
         ScriptedHedgeAgent,
         ScriptedHedgeFirstAgent,
-        ScriptedHedgeSecondAgent,
+        ScriptedHalvesAgent,
         OracleAgent,
     )
 }
