@@ -429,15 +429,15 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             self._match_answer(action.answer_lines)
             return self._finish(truncated=False, kind="answer")
         if action.kind == "tool_call":
-            found = iter(results)
+            found, asked = iter(results), iter(pending.queries)
             contents = []
             for c in action.calls:
-                ids = next(found) if c.runs else None
+                ids, query = (next(found), next(asked)) if c.runs else (None, None)
                 if ids is None:
                     ep.n_failed_calls += 1
                     contents.append(self._failed_call(c.error or RETRIEVAL_FAILED))
                 else:
-                    contents.append(self._record_call(c.preference, ids))
+                    contents.append(self._record_call(query, ids))
         else:  # malformed: a one-line hint, not protocol text (see the module docstring)
             contents = [self._hint(action)]
         if self.chat:
@@ -480,11 +480,11 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         if len(self._episode.tool_calls) >= self.config.max_tool_calls:
             self._limit = "max_tool_calls"
             return f"No more tool calls (at most {self.config.max_tool_calls}): write the final answer."
-        request_step = PendingStep(queries=(self._query(request.preference),), history=self._episode.history)
-        ids = serve(self.retriever, self.config, [request_step])[0][0]
+        query = self._query(request.preference)
+        ids = serve(self.retriever, self.config, [PendingStep(queries=(query,), history=self._episode.history)])[0][0]
         if ids is None:
             return self._failed_call(RETRIEVAL_FAILED)
-        return self._record_call(request.preference, ids)
+        return self._record_call(query, ids)
 
     def finish(self, messages: Sequence[Mapping[str, Any]]) -> tuple[float, dict]:
         """End the live chat episode with the conversation the framework recorded after the prompt (assistant
@@ -547,10 +547,10 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             return preference
         return normalize_preference(preference.replace(REQUEST_HANDLE, request))
 
-    def _record_call(self, preference: str, item_ids: Sequence[int]) -> str:
+    def _record_call(self, query: str, item_ids: Sequence[int]) -> str:
         """Record an executed tool call of the current segment (the query the tool ran) and return its result."""
         ids = tuple(int(i) for i in item_ids)
-        self._episode.tool_calls.append(ToolCall(self._query(preference), ids, max(self._episode.n_turns - 1, 0)))
+        self._episode.tool_calls.append(ToolCall(query, ids, max(self._episode.n_turns - 1, 0)))
         return self._render_result(ids)
 
     def _render_result(self, item_ids: Sequence[int]) -> str:
