@@ -58,39 +58,9 @@ def sampled_teacher_episodes(
     return episodes
 
 
-def contrasted_episodes(
-    pool: RolloutPool, stack: Stack, env: dict, episodes: np.ndarray, teachers: list[str], n_envs: int, seed: int
-) -> np.ndarray:
-    """The (user, cut) episodes on which the `teachers` rank the target differently in their answers: where the
-    answer changes the outcome. A policy warm-started on these teachers samples their answers in one GRPO group, and
-    only on such prompts do the answers' rewards differ by more than the similarity term."""
-    env = env | {"split": "train"}
-    ranks = []
-    for teacher in teachers:
-        played = teacher_episodes(pool, stack, env, episodes[:, 0], teacher, n_envs, seed, episodes[:, 1])
-        ranks.append(list_ranks([e.ranked_ids[: e.rec_k] for e in played], [e.target for e in played]))
-    differ = (np.stack(ranks) != ranks[0]).any(axis=0)
-    log.info(
-        "contrast filter: %d of %d train episodes rank the target differently under %s",
-        differ.sum(),
-        len(differ),
-        teachers,
-    )
-    return episodes[differ]
-
-
-def trainable_episodes(
-    stack: Stack,
-    stage: GRPOStageConfig,
-    cuts: int,
-    seed: int,
-    pool: RolloutPool | None = None,
-    env: dict | None = None,
-    n_envs: int = 1,
-) -> np.ndarray:
+def trainable_episodes(stack: Stack, stage: GRPOStageConfig, cuts: int, seed: int) -> np.ndarray:
     """Train-split (user, cut) episodes for a GRPO stage: a seeded sample, kept only if the stack's TRM (empty
-    query) ranks their target in its top `difficulty_top` when the difficulty filter is on, and only if the stage's
-    `contrast_teachers` rank it differently (`contrasted_episodes`, in the policy's `env`) when it names them."""
+    query) ranks their target in its top `difficulty_top` when the difficulty filter is on."""
     from deeprec_env.evaluation import evaluate_scorer
 
     episodes = train_episodes(stack.dataset, cuts)
@@ -113,9 +83,6 @@ def trainable_episodes(
             stage.difficulty_top,
         )
         episodes = kept
-    if stage.contrast_teachers:
-        teachers = list(stage.contrast_teachers)
-        episodes = contrasted_episodes(pool or RolloutPool(), stack, env or {}, episodes, teachers, n_envs, seed)
     return seeded_sample(episodes, stage.episodes, seed)
 
 
@@ -190,7 +157,7 @@ class Run:
         final = train_grpo(
             start,
             lambda: stack.make_env(**env),
-            trainable_episodes(stack, stage, self.cuts, self.cfg.seed, self.pool, self.env, self.trainer.n_envs),
+            trainable_episodes(stack, stage, self.cuts, self.cfg.seed),
             stage,
             phase,
             self.cfg.seed,

@@ -59,9 +59,6 @@ class GRPOStageConfig:
     episodes: int = 400  # train episodes, (user, cut point) pairs, to draw prompts from (seeded)
     difficulty_filter: bool = True  # keep episodes whose target the TRM (empty query) ranks in its top `difficulty_top`
     difficulty_top: int = 100
-    # text agents whose answers GRPO chooses between (the warm start's teachers): keep only episodes on which they rank
-    # the target differently, the prompts whose groups can differ in outcome; empty: no such filter
-    contrast_teachers: list[str] = field(default_factory=list)
     eval_every: int = 20  # validation (greedy policy, `trainer.validation.reward`) every N steps; 0: only at the end
     max_steps: int = 90
     num_generations: int = 8  # group size
