@@ -314,8 +314,8 @@ class ScriptedHedgeFirstAgent(ScriptedHedgeAgent):
 
 class ScriptedHalvesAgent(ScriptedHedgeAgent):
     """`scripted-hedge`'s searches, answered with the first search's top half, then the top half of the items the
-    second search added: with handles `#1`-`#5`, then `#11`-`#15`, a hedge a small policy writes without comparing
-    the lists."""
+    second search added: with handles and `new_results` always `#1`-`#5`, then `#11`-`#15`, a hedge a small policy
+    writes without comparing the lists."""
 
     name = "scripted-halves"
 

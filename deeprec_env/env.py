@@ -9,7 +9,8 @@ control characters removed, before anything is parsed or "empty") and parses it 
 (`deeprec_env.protocol`):
 
 * tool call: the TRM retrieves `recall_k` items for the user's full history and each preference (a chat message may
-  hold several calls: every one runs, as in TRL); the observation is the rendered result, and a `ToolCall` is
+  hold several calls: every one runs, as in TRL; with `new_results`, the top `recall_k` of the items no earlier call
+  of the episode returned); the observation is the rendered result, and a `ToolCall` is
   recorded in the `Episode`. A call that cannot run (another tool's name, other arguments) or that the retriever
   fails on (logged) gets an error result and counts in `Episode.n_failed_calls`;
 * answer: the lines are matched to item ids (titles: items retrieved in this episode win ties; with `item_refs:
@@ -123,6 +124,7 @@ class EnvConfig:
     instructions: str = "full"  # system instructions: "full" (the paper's) | "brief" (for small policies)
     fuzzy_threshold: float = 90.0  # rapidfuzz ratio a fuzzy title match needs
     exclude_history: bool = True  # tool calls never return the user's history items
+    new_results: bool = False  # a tool call returns only items no earlier call of the episode returned
     item_refs: str = "titles"  # answers name items by "titles" (the paper's protocol) | "handles" (#N) or titles
     train_cuts: int = 1  # train-split targets per user: its last train_cuts training items (1: the third to last)
     requests: bool = False  # the prompt carries a user request synthesized from the target (deeprec_env.requests)
@@ -170,7 +172,8 @@ class PendingStep:
 
     ended: the episode had already ended before this step. end: the limit that ends the episode in this step.
     queries: the preferences to retrieve for, one per tool call that runs, in order; history: the user's full
-    history they are retrieved for.
+    history they are retrieved for; shown: the items earlier calls of the episode returned (`new_results` leaves
+    them out).
     """
 
     action: Action | None = None
@@ -178,12 +181,14 @@ class PendingStep:
     end: str | None = None
     queries: tuple[str, ...] = ()
     history: np.ndarray | None = None
+    shown: tuple[int, ...] = ()
 
 
 def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep]) -> list[list[list[int] | None]]:
     """Serve every retrieval of `pending` with ONE batched retriever call: per step, one list of item ids per query
     (padding dropped). When the batched call raises, every query is retried on its own; one that still fails gets
-    None (a failed tool call) and the others their results. Failures are logged as warnings."""
+    None (a failed tool call) and the others their results. Failures are logged as warnings. With `new_results` a
+    step's lists leave out its `shown` items and each other's, in call order."""
     rows = [(i, q) for i, p in enumerate(pending) for q in p.queries]
     found: list[list[list[int] | None]] = [[] for _ in pending]
     if not rows:
@@ -203,12 +208,21 @@ def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep
                 results.append(None)
     for (i, _), ids in zip(rows, results, strict=True):
         found[i].append(ids)
+    if config.new_results:
+        for step, lists in zip(pending, found, strict=True):
+            seen = set(step.shown)
+            for k, ids in enumerate(lists):
+                if ids is not None:
+                    lists[k] = [i for i in ids if i not in seen][: config.recall_k]
+                    seen.update(lists[k])
     return found
 
 
 def _retrieve(retriever: Retriever, config: EnvConfig, histories: list, queries: list[str]) -> list[list[int]]:
-    """One retriever call: per query, the item ids (padding dropped)."""
-    ids, _ = retriever.retrieve(histories, queries, config.recall_k, config.exclude_history)
+    """One retriever call: per query, the item ids (padding dropped); with `new_results`, deep enough that every call
+    of an episode still finds `recall_k` items no earlier one returned."""
+    depth = config.recall_k * (config.max_tool_calls if config.new_results else 1)
+    ids, _ = retriever.retrieve(histories, queries, depth, config.exclude_history)
     return [[int(item) for item in row if int(item) > 0] for row in np.asarray(ids).reshape(len(queries), -1)]
 
 
@@ -413,7 +427,7 @@ class DeepRecEnv(gymnasium.Env[str, str]):
         queries = tuple(self._query(call.preference) for call in parsed.calls if call.runs)
         if len(ep.tool_calls) + len(queries) > config.max_tool_calls:
             return PendingStep(parsed, end="max_tool_calls")
-        return PendingStep(parsed, end=end, queries=queries, history=ep.history)
+        return PendingStep(parsed, end=end, queries=queries, history=ep.history, shown=ep.retrieved)
 
     def end_step(
         self, pending: PendingStep, results: Sequence[Sequence[int] | None]
@@ -481,7 +495,8 @@ class DeepRecEnv(gymnasium.Env[str, str]):
             self._limit = "max_tool_calls"
             return f"No more tool calls (at most {self.config.max_tool_calls}): write the final answer."
         query = self._query(request.preference)
-        ids = serve(self.retriever, self.config, [PendingStep(queries=(query,), history=self._episode.history)])[0][0]
+        pending = PendingStep(queries=(query,), history=self._episode.history, shown=self._episode.retrieved)
+        ids = serve(self.retriever, self.config, [pending])[0][0]
         if ids is None:
             return self._failed_call(RETRIEVAL_FAILED)
         return self._record_call(query, ids)

@@ -302,6 +302,42 @@ def test_item_handles_lead_results_and_name_answer_items_exactly(dataset, retrie
     assert (episode.n_invalid, episode.n_duplicate) == (1, 1)  # "#999" names nothing; the second handle repeats
 
 
+@pytest.mark.parametrize("protocol", ["tags", "chat"])
+def test_new_results_return_the_next_items_of_each_ranking_and_number_them_on(dataset, retriever, protocol):
+    codec = TAGS if protocol == "tags" else CHAT
+    fields = {"protocol": protocol, "item_refs": "handles", "recall_k": 5, "new_results": True}
+    env = make_env(dataset, retriever, FakeReward(), **fields)
+    env.reset(seed=0, options={"user": 3, "split": "test"})
+    history = env.episode.history
+    *_, info = env.step("Westerns. " + codec.render_tool_call("western"))
+    if protocol == "chat":  # two calls of one message: the second leaves out what the first returned
+        *_, info = env.step(
+            "Again, and cooking. " + CHAT.render_tool_call("western") + "\n" + CHAT.render_tool_call("cooking")
+        )
+    else:
+        for query in ("western", "cooking"):
+            *_, info = env.step("More. " + TAGS.render_tool_call(query))
+    first, again, cooking = (tuple(call["item_ids"]) for call in info["tool_calls"])
+    deep = retriever.retrieve([history], ["western"], 10)[0][0].tolist()
+    assert list(first + again) == deep  # the same query asked again: its next five items
+    ranked = retriever.retrieve([history], ["cooking"], 20)[0][0].tolist()
+    assert list(cooking) == [i for i in ranked if i not in first + again][:5]
+    assert [env.episode.handles[i] for i in first + again + cooking] == [f"#{n}" for n in range(1, 16)]
+
+    tool_env = DeepRecToolEnv(make_env(dataset, retriever, FakeReward(), **fields | {"protocol": "chat"}))
+    tool_env.reset(user=3, split="test")
+    served = "\n".join(tool_env.retrieve("western") for _ in range(2))
+    assert [line.split(" ", 1)[0] for line in served.splitlines() if line.startswith("#")] == [
+        f"#{n}" for n in range(1, 11)
+    ]
+    vec = DeepRecVectorEnv(dataset, retriever, 2, FakeReward(), EnvConfig(**fields), autoreset_mode="Disabled")
+    vec.reset(options={"users": [3, 3], "split": "test"})
+    for _ in range(2):
+        *_, infos = vec.step(["W. " + codec.render_tool_call("western")] * 2)
+    for i in range(2):
+        assert [i for call in unbatch_info(infos, i)["tool_calls"] for i in call["item_ids"]] == deep
+
+
 def test_item_refs_must_be_known(dataset, retriever):
     with pytest.raises(ValueError, match="env.item_refs"):
         make_env(dataset, retriever, item_refs="ids")

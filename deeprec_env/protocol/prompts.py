@@ -38,6 +38,7 @@ class PromptSettings(Protocol):
     max_tool_calls: int
     instructions: str
     item_refs: str
+    new_results: bool
     requests: bool
     interests: bool
     explanations: bool
@@ -66,6 +67,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
     """The system instructions for codec `kind` ("tags" | "chat")."""
     k = settings.rec_k
     handles = settings.item_refs == "handles"
+    new = ", none an earlier call returned" if settings.new_results else ""
     if settings.instructions == "brief":
         phrases = 'short preference phrases separated by ";"'
         if kind == "tags":
@@ -77,7 +79,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
             how, close = f"call `{TOOL_NAME}(preference)` with {phrases}", ""
         return (
             f"Recommend {k} items the user will enjoy next. To find items, {how} (at most {settings.max_tool_calls} "
-            f"calls, {settings.recall_k} items each). Finally {close}answer exactly {k} retrieved "
+            f"calls, {settings.recall_k} items each{new}). Finally {close}answer exactly {k} retrieved "
             f"{'items by their handles (#N)' if handles else 'titles'}, best first, numbered, in {REC_OPEN} "
             f"{REC_CLOSE}." + request_notes(settings) + recgpt_notes(settings)
         )
@@ -122,7 +124,7 @@ def instructions(kind: str, settings: PromptSettings) -> str:
         f"ranked list of {k} items.\n"
         "You cannot see the item catalogue: to find candidate items you must call an item retrieval tool. The tool "
         "takes a description of the user's preferences and returns the catalogue items "
-        f"({settings.recall_k} per call) that best match both the user's history and the description.\n"
+        f"({settings.recall_k} per call{new}) that best match both the user's history and the description.\n"
         f"{tool}\n"
         f"{listed}"
         "The user's history is a numbered list of the items the user interacted with, ordered by time, oldest "
