@@ -33,6 +33,7 @@ from deeprec_env.protocol import (
     TOOL_SCHEMA,
     get_codec,
     instructions,
+    item_handles,
     structured_call,
 )
 
@@ -96,6 +97,14 @@ def _protocol_texts(protocol: EnvConfig) -> list[str]:
     ]
 
 
+def handle_tokens() -> list[str]:
+    """Every handle an episode of the default env can give (`max_tool_calls` x `recall_k` items): each is one token of
+    the tiny policy's vocabulary, so a handle is one choice and `#11` is never `#1` followed by `1` (GRPO that made
+    that `1` likelier also wrote `#111`, `docs/notes/history.md`)."""
+    config = EnvConfig()
+    return list(item_handles(range(1, config.max_tool_calls * config.recall_k + 1)).values())
+
+
 def _sample_conversation(dataset: RecDataset, protocol: EnvConfig) -> list[dict]:
     """A short chat episode over real item cards, rendered through the template to teach the tokenizer its layout."""
     codec = get_codec("chat")
@@ -133,7 +142,8 @@ def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: EnvConfig | 
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
         )
-        tokenizer.add_tokens(list(ALL_TAGS))  # protocol tags stay whole (not special: they must decode as text)
+        # protocol tags and item handles stay whole (not special: they must decode as text)
+        tokenizer.add_tokens(list(ALL_TAGS) + handle_tokens())
         tokenizer.chat_template = chat_template()
         return tokenizer
 
@@ -226,6 +236,7 @@ def policy_dir(config: PolicyConfig, dataset: RecDataset, dataset_root: Path) ->
     fields = ("arch", "vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "dropout", "seed")
     shape = {f: getattr(config, f) for f in fields}
     shape["protocol_texts"] = config_hash(_protocol_texts(EnvConfig()))  # the tokenizer's fixed corpus
+    shape["handle_tokens"] = len(handle_tokens())
     return cached(
         dataset_root / f"policy-tiny-{config_hash(shape)}",
         lambda out: _build_tiny(dataset, config, out),

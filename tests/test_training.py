@@ -42,6 +42,11 @@ def test_tokenizer_keeps_protocol_tags_whole_and_supports_tool_calling(dataset):
     tokenizer = train_tokenizer(dataset, vocab_size=512)
     for tag in ALL_TAGS:
         assert len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1, tag
+    for lines, pieces in (
+        ("6. #11\n7. #1", ["6", ".", " ", "#11", "\n", "7", ".", " ", "#1"]),
+        ("#160 #16", ["#160", " ", "#16"]),
+    ):
+        assert [tokenizer.decode([t]) for t in tokenizer(lines, add_special_tokens=False)["input_ids"]] == pieces
     card = dataset.item_card(3)
     assert tokenizer.decode(tokenizer(card, add_special_tokens=False)["input_ids"]) == card
     assert supports_tool_calling(tokenizer)
