@@ -334,8 +334,8 @@ def test_new_results_return_the_next_items_of_each_ranking_and_number_them_on(da
     vec.reset(options={"users": [3, 3], "split": "test"})
     for _ in range(2):
         *_, infos = vec.step(["W. " + codec.render_tool_call("western")] * 2)
-    for i in range(2):
-        assert [i for call in unbatch_info(infos, i)["tool_calls"] for i in call["item_ids"]] == deep
+    for sub in range(2):
+        assert [item for call in unbatch_info(infos, sub)["tool_calls"] for item in call["item_ids"]] == deep
 
 
 def test_item_refs_must_be_known(dataset, retriever):
