@@ -64,6 +64,7 @@ class PolicyConfig:
     temperature: float = 0.0  # 0 = greedy (evaluation); GRPO samples with the trainer's temperature
     batch_size: int = 16  # prompts generated together
     seed: int = 0
+    handle_tokens: bool = False  # tiny: every item handle is one token of the tokenizer (`handle_tokens()`)
 
     def validate(self) -> None:
         if self.name not in POLICIES:
@@ -98,9 +99,9 @@ def _protocol_texts(protocol: EnvConfig) -> list[str]:
 
 
 def handle_tokens() -> list[str]:
-    """Every handle an episode of the default env can give (`max_tool_calls` x `recall_k` items): each is one token of
-    the tiny policy's vocabulary, so a handle is one choice and `#11` is never `#1` followed by `1` (GRPO that made
-    that `1` likelier also wrote `#111`, `docs/notes/history.md`)."""
+    """Every handle an episode of the default env can give (`max_tool_calls` x `recall_k` items): with
+    `PolicyConfig.handle_tokens` each is one token of the tiny policy's vocabulary, so a handle is one choice and `#11`
+    is never `#1` followed by `1` (GRPO that made that `1` likelier also wrote `#111`, `docs/notes/history.md`)."""
     config = EnvConfig()
     return list(item_handles(range(1, config.max_tool_calls * config.recall_k + 1)).values())
 
@@ -119,9 +120,10 @@ def _sample_conversation(dataset: RecDataset, protocol: EnvConfig) -> list[dict]
     ]
 
 
-def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: EnvConfig | None = None):
+def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: EnvConfig | None = None, handles: bool = False):
     """A byte-level BPE tokenizer (`PreTrainedTokenizerFast`) trained on the item cards and the protocol strings,
-    with the chat template's special tokens; trained twice so the template's own wording is in the corpus too."""
+    with the chat template's special tokens; trained twice so the template's own wording is in the corpus too.
+    `handles`: every item handle (`handle_tokens()`) is one token too."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -142,8 +144,8 @@ def train_tokenizer(dataset: RecDataset, vocab_size: int, protocol: EnvConfig | 
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
         )
-        # protocol tags and item handles stay whole (not special: they must decode as text)
-        tokenizer.add_tokens(list(ALL_TAGS) + handle_tokens())
+        # protocol tags (and item handles) stay whole (not special: they must decode as text)
+        tokenizer.add_tokens(list(ALL_TAGS) + (handle_tokens() if handles else []))
         tokenizer.chat_template = chat_template()
         return tokenizer
 
@@ -190,7 +192,7 @@ def tiny_model_config(config: PolicyConfig, tokenizer):
 def _build_tiny(dataset: RecDataset, config: PolicyConfig, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    tokenizer = train_tokenizer(dataset, config.vocab_size)
+    tokenizer = train_tokenizer(dataset, config.vocab_size, handles=config.handle_tokens)
     torch.manual_seed(config.seed)
     AutoModelForCausalLM.from_config(tiny_model_config(config, tokenizer)).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -236,7 +238,8 @@ def policy_dir(config: PolicyConfig, dataset: RecDataset, dataset_root: Path) ->
     fields = ("arch", "vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "dropout", "seed")
     shape = {f: getattr(config, f) for f in fields}
     shape["protocol_texts"] = config_hash(_protocol_texts(EnvConfig()))  # the tokenizer's fixed corpus
-    shape["handle_tokens"] = len(handle_tokens())
+    if config.handle_tokens:
+        shape["handle_tokens"] = len(handle_tokens())
     return cached(
         dataset_root / f"policy-tiny-{config_hash(shape)}",
         lambda out: _build_tiny(dataset, config, out),

@@ -42,11 +42,14 @@ def test_tokenizer_keeps_protocol_tags_whole_and_supports_tool_calling(dataset):
     tokenizer = train_tokenizer(dataset, vocab_size=512)
     for tag in ALL_TAGS:
         assert len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1, tag
+    with_handles = train_tokenizer(dataset, vocab_size=512, handles=True)
     for lines, pieces in (
         ("6. #11\n7. #1", ["6", ".", " ", "#11", "\n", "7", ".", " ", "#1"]),
         ("#160 #16", ["#160", " ", "#16"]),
     ):
-        assert [tokenizer.decode([t]) for t in tokenizer(lines, add_special_tokens=False)["input_ids"]] == pieces
+        ids = with_handles(lines, add_special_tokens=False)["input_ids"]
+        assert [with_handles.decode([t]) for t in ids] == pieces
+        assert len(tokenizer(lines, add_special_tokens=False)["input_ids"]) > len(ids)  # the default splits them
     card = dataset.item_card(3)
     assert tokenizer.decode(tokenizer(card, add_special_tokens=False)["input_ids"]) == card
     assert supports_tool_calling(tokenizer)
