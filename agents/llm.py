@@ -33,9 +33,9 @@ from deeprec_env.protocol import (
     TOOL_SCHEMA,
     get_codec,
     instructions,
-    item_handles,
     structured_call,
 )
+from deeprec_env.protocol.handles import handle
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def handle_tokens() -> list[str]:
     `PolicyConfig.handle_tokens` each is one token of the tiny policy's vocabulary, so a handle is one choice and `#11`
     is never `#1` followed by `1` (GRPO that made that `1` likelier also wrote `#111`, `docs/notes/history.md`)."""
     config = EnvConfig()
-    return list(item_handles(range(1, config.max_tool_calls * config.recall_k + 1)).values())
+    return [handle(n) for n in range(1, config.max_tool_calls * config.recall_k + 1)]
 
 
 def _sample_conversation(dataset: RecDataset, protocol: EnvConfig) -> list[dict]:

@@ -195,14 +195,17 @@ def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep
         return found
     histories = [pending[i].history for i, _ in rows]
     queries = [q for _, q in rows]
+    depth = config.recall_k  # with new_results, deep enough to fill each list after what it must leave out
+    if config.new_results:
+        depth += max(len(p.shown) + config.recall_k * (len(p.queries) - 1) for p in pending if p.queries)
     try:
-        results: list[list[int] | None] = list(_retrieve(retriever, config, histories, queries))
+        results: list[list[int] | None] = list(_retrieve(retriever, config, histories, queries, depth))
     except Exception as err:  # the retriever's failure must not end the episodes of every row
         log.warning("batched retrieval of %d queries failed (%s); retrying one by one", len(rows), _why(err))
         results = []
         for history, query in zip(histories, queries, strict=True):
             try:
-                results.extend(_retrieve(retriever, config, [history], [query]))
+                results.extend(_retrieve(retriever, config, [history], [query], depth))
             except Exception as row_err:
                 log.warning("retrieval failed for preference %r (%s); the tool call fails", query[:80], _why(row_err))
                 results.append(None)
@@ -218,10 +221,10 @@ def serve(retriever: Retriever, config: EnvConfig, pending: Sequence[PendingStep
     return found
 
 
-def _retrieve(retriever: Retriever, config: EnvConfig, histories: list, queries: list[str]) -> list[list[int]]:
-    """One retriever call: per query, the item ids (padding dropped); with `new_results`, deep enough that every call
-    of an episode still finds `recall_k` items no earlier one returned."""
-    depth = config.recall_k * (config.max_tool_calls if config.new_results else 1)
+def _retrieve(
+    retriever: Retriever, config: EnvConfig, histories: list, queries: list[str], depth: int
+) -> list[list[int]]:
+    """One retriever call: per query, its top `depth` item ids (padding dropped)."""
     ids, _ = retriever.retrieve(histories, queries, depth, config.exclude_history)
     return [[int(item) for item in row if int(item) > 0] for row in np.asarray(ids).reshape(len(queries), -1)]
 
